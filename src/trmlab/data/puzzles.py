@@ -1,0 +1,103 @@
+"""The on-disk format shared by every puzzle task (Sudoku, Maze, ARC): token arrays + metadata.json with a content hash.
+
+A dataset directory holds, for each split (``train``, ``test``):
+  ``{split}_inputs.npy``      [N, seq_len] int   input tokens (0 = PAD)
+  ``{split}_labels.npy``      [N, seq_len] int   target tokens (0 = ignored by the loss)
+  ``{split}_puzzle_ids.npy``  [N]          int32 puzzle-identifier embedding index (0 = the shared/blank id)
+  ``{split}_group_ids.npy``   [N]          int32 index of the base puzzle the row was augmented from
+and ``metadata.json`` with at least ``task, vocab_size, seq_len, num_puzzle_ids`` plus the builder's parameters
+and ``content_hash`` (sha256 over the arrays). The directory is written to a temporary name and renamed, so a
+crash never leaves a half-written dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trmlab.errors import TrmError
+
+FORMAT_VERSION = 1
+ARRAYS = ("inputs", "labels", "puzzle_ids", "group_ids")
+
+
+@dataclass
+class PuzzleSplit:
+    inputs: np.ndarray
+    labels: np.ndarray
+    puzzle_ids: np.ndarray
+    group_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ARRAYS}
+
+
+def params_slug(task: str, params: dict) -> str:
+    """A short, stable directory name for a dataset built from ``params``."""
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{task}-{digest}"
+
+
+def content_hash(splits: dict[str, PuzzleSplit]) -> str:
+    h = hashlib.sha256()
+    for split in sorted(splits):
+        for name, arr in splits[split].arrays().items():
+            h.update(f"{split}/{name}/{arr.dtype}/{arr.shape}".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def save_puzzle_dataset(out_dir: str | Path, splits: dict[str, PuzzleSplit], meta: dict) -> Path:
+    """Write ``splits`` and ``meta`` atomically to ``out_dir``; returns the directory."""
+    out_dir = Path(out_dir)
+    required = {"task", "vocab_size", "seq_len", "num_puzzle_ids"}
+    missing = required - set(meta)
+    if missing:
+        raise ValueError(f"puzzle metadata lacks {sorted(missing)}")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for split, data in splits.items():
+        for name, arr in data.arrays().items():
+            np.save(tmp / f"{split}_{name}.npy", arr)
+    meta = dict(meta, format_version=FORMAT_VERSION, splits={k: len(v) for k, v in splits.items()},
+                content_hash=content_hash(splits))
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def load_puzzle_dataset(path: str | Path, verify: bool = True) -> tuple[dict[str, PuzzleSplit], dict]:
+    """Load a dataset directory; a missing, partial or tampered one raises TrmError naming the file."""
+    path = Path(path)
+    meta_file = path / "metadata.json"
+    if not meta_file.exists():
+        raise TrmError(f"{path}: not a dataset (no metadata.json); build one with `trm data build <task>`")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise TrmError(f"{meta_file}: corrupt metadata ({e.msg})") from None
+    splits = {}
+    for split in meta.get("splits", {}):
+        arrays = {}
+        for name in ARRAYS:
+            f = path / f"{split}_{name}.npy"
+            try:
+                arrays[name] = np.load(f, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise TrmError(f"{f}: missing or corrupt array ({type(e).__name__})") from None
+        splits[split] = PuzzleSplit(**arrays)
+    if verify and content_hash(splits) != meta.get("content_hash"):
+        raise TrmError(f"{path}: content hash mismatch, the dataset is corrupt; rebuild it with `trm data build`")
+    return splits, meta
