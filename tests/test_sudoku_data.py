@@ -1,0 +1,234 @@
+"""Sudoku data: solver, generator, augmentation, CSV import, builder determinism and corruption checks."""
+
+import numpy as np
+import pytest
+
+from trmlab.data.puzzles import load_puzzle_dataset
+from trmlab.data.sudoku import (
+    SudokuDataConfig, augment, build_sudoku, decode_tokens, encode_grid, format_grid, generate_puzzle,
+    is_consistent, is_valid_solution, load_csv, load_hf, parse_puzzle, solve,
+)
+from trmlab.errors import TrmError
+
+# a classic puzzle with a known unique solution
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+
+
+def grid(s):
+    return np.array([0 if c == "." else int(c) for c in s], dtype=np.int8)
+
+
+def test_solver_known_puzzle_and_ambiguity():
+    sols, _ = solve(grid(PUZZLE))
+    assert len(sols) == 1 and (sols[0] == grid(SOLUTION)).all()
+    # an empty grid has many solutions: the count stops at the limit
+    sols, _ = solve(np.zeros(81, np.int8), limit=3)
+    assert len(sols) == 3 and all(is_valid_solution(s) for s in sols)
+    assert len({s.tobytes() for s in sols}) == 3
+    # clashing givens: no solution
+    bad = grid(PUZZLE)
+    bad[2] = 5  # row 0 already has a 5
+    assert solve(bad)[0] == []
+
+
+def test_validity_checks():
+    s = grid(SOLUTION)
+    assert is_valid_solution(s)
+    assert is_consistent(grid(PUZZLE), s)
+    swapped = s.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # rows still hold 1..9, but columns break
+    assert not is_valid_solution(swapped)
+    blank = s.copy()
+    blank[40] = 0
+    assert not is_valid_solution(blank)
+    p = grid(PUZZLE)
+    p[2] = 9 if s[2] != 9 else 8  # a given that the solution does not keep
+    assert not is_consistent(p, s)
+
+
+def test_tokens_roundtrip():
+    g = grid(PUZZLE)
+    t = encode_grid(g)
+    assert t.min() >= 1 and t.max() <= 10 and (t[g == 0] == 1).all()
+    assert (decode_tokens(t) == g).all()
+    assert (decode_tokens(np.array([0, 11, 5] + [1] * 78)) [:3] == [0, 0, 4]).all()
+
+
+def test_generated_puzzles_unique_valid_consistent():
+    rng = np.random.default_rng(0)
+    for n_blanks in (30, 40, 45, 52):
+        p, s, rating = generate_puzzle(rng, n_blanks)
+        assert (p == 0).sum() == n_blanks
+        sols, backtracks = solve(p, limit=2)
+        assert len(sols) == 1 and (sols[0] == s).all()
+        assert is_valid_solution(s) and is_consistent(p, s)
+        assert rating == backtracks >= 0
+
+
+def test_augment_keeps_validity_and_changes_grid():
+    rng = np.random.default_rng(1)
+    p, s = grid(PUZZLE), grid(SOLUTION)
+    seen = set()
+    for _ in range(20):
+        ap, as_ = augment(p, s, rng)
+        assert is_valid_solution(as_) and is_consistent(ap, as_)
+        assert (ap == 0).sum() == (p == 0).sum()  # blanks stay blank
+        assert len(solve(ap)[0]) == 1
+        seen.add(ap.tobytes())
+    assert p.tobytes() not in seen and len(seen) == 20
+    # deterministic from the generator
+    a1 = augment(p, s, np.random.default_rng(7))
+    a2 = augment(p, s, np.random.default_rng(7))
+    assert (a1[0] == a2[0]).all() and (a1[1] == a2[1]).all()
+
+
+def test_parse_and_format():
+    g = parse_puzzle(PUZZLE)
+    assert (g == grid(PUZZLE)).all()
+    assert (parse_puzzle(PUZZLE.replace(".", "0")) == g).all()
+    text = format_grid(g)
+    assert text.count("\n") == 10 and "------+-------+------" in text
+    assert (parse_puzzle(text) == g).all()  # a pasted grid parses back
+    with pytest.raises(TrmError, match="found 80 cells"):
+        parse_puzzle(PUZZLE[:-1])
+    with pytest.raises(TrmError, match=r"'x' at position 4"):
+        parse_puzzle("53.x" + PUZZLE[4:])
+
+
+def _write_csv(path, rows):
+    path.write_text("source,q,a,rating\n" + "".join(f"{src},{q},{a},{r}\n" for src, q, a, r in rows))
+
+
+def _generated_rows(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        p, s, r = generate_puzzle(rng, 40)
+        rows.append(("gen", "".join(str(v) if v else "." for v in p), "".join(map(str, s)), r))
+    return rows
+
+
+def test_csv_roundtrip_and_build(tmp_path):
+    rows = _generated_rows(12, seed=3)
+    _write_csv(tmp_path / "train.csv", rows[:10])
+    _write_csv(tmp_path / "test.csv", rows[10:])
+    puzzles, solutions, ratings = load_csv(tmp_path / "train.csv")
+    assert puzzles.shape == (10, 81) and solutions.shape == (10, 81)
+    assert (puzzles[0] == parse_puzzle(rows[0][1])).all() and list(ratings) == [r[3] for r in rows[:10]]
+
+    cfg = SudokuDataConfig(source=str(tmp_path / "train.csv"), subsample_size=6, num_aug=2)
+    splits, meta = load_puzzle_dataset(build_sudoku(cfg, tmp_path / "data"))
+    assert len(splits["train"]) == 6 * 3 and len(splits["test"]) == 2  # test comes from the sibling test.csv
+    assert meta["stats"]["train"]["base_puzzles"] == 6
+    for inp, lab in zip(splits["train"].inputs, splits["train"].labels):
+        assert is_valid_solution(decode_tokens(lab)) and is_consistent(decode_tokens(inp), decode_tokens(lab))
+
+
+def test_single_csv_is_split_90_10(tmp_path):
+    rows = _generated_rows(20, seed=5)
+    rows[0] = rows[0][:3] + (99,)
+    _write_csv(tmp_path / "puzzles.csv", rows)
+    cfg = SudokuDataConfig(source=str(tmp_path / "puzzles.csv"))
+    splits, meta = load_puzzle_dataset(build_sudoku(cfg, tmp_path / "data"))
+    assert len(splits["train"]) == 18 and len(splits["test"]) == 2
+    assert not {r.tobytes() for r in splits["train"].inputs} & {r.tobytes() for r in splits["test"].inputs}
+    # min_rating filters both splits by the CSV's rating column
+    cfg = SudokuDataConfig(source=str(tmp_path / "puzzles.csv"), min_rating=100)
+    with pytest.raises(TrmError, match="no training puzzles left"):
+        build_sudoku(cfg, tmp_path / "data")
+
+
+def test_csv_malformed_rows(tmp_path):
+    rows = _generated_rows(3, seed=4)
+    bad_len = list(rows)
+    bad_len[1] = ("gen", rows[1][1][:-1], rows[1][2], 0)
+    _write_csv(tmp_path / "a.csv", bad_len)
+    with pytest.raises(TrmError, match=r"a\.csv: line 3: column 'q' has 80 characters"):
+        load_csv(tmp_path / "a.csv")
+    bad_char = list(rows)
+    bad_char[2] = ("gen", "x" + rows[2][1][1:], rows[2][2], 0)
+    _write_csv(tmp_path / "b.csv", bad_char)
+    with pytest.raises(TrmError, match=r"b\.csv: line 4: .*'x' at position 1"):
+        load_csv(tmp_path / "b.csv")
+    a = list(rows[0][2])
+    a[0], a[1] = a[1], a[0]  # breaks the columns and (maybe) a given
+    _write_csv(tmp_path / "c.csv", [("gen", "." * 81, "".join(a), 0)] + rows[1:])
+    with pytest.raises(TrmError, match=r"c\.csv: line 2: answer is not a valid solution"):
+        load_csv(tmp_path / "c.csv")
+    with pytest.raises(TrmError, match="no such CSV"):
+        load_csv(tmp_path / "missing.csv")
+
+
+def test_load_hf_offline_is_a_clean_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub
+
+    def fail(**kwargs):
+        raise OSError("offline")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
+    with pytest.raises(TrmError, match="cannot download train.csv .*data.source=path/to.csv"):
+        load_hf("sapientinc/sudoku-extreme", "train")
+
+
+def test_builder_deterministic_disjoint_and_reused(tmp_path):
+    cfg = SudokuDataConfig(n_train=40, n_test=15, min_blanks=35, max_blanks=45, num_aug=3, seed=5)
+    out1 = build_sudoku(cfg, tmp_path / "a")
+    out2 = build_sudoku(cfg, tmp_path / "b")
+    s1, m1 = load_puzzle_dataset(out1)
+    s2, _ = load_puzzle_dataset(out2)
+    for split in ("train", "test"):
+        for name, arr in s1[split].arrays().items():
+            assert (arr == s2[split].arrays()[name]).all(), (split, name)
+    assert m1["task"] == "sudoku" and m1["vocab_size"] == 11 and m1["seq_len"] == 81
+    assert m1["num_puzzle_ids"] == 1 and m1["config"]["seed"] == 5
+    assert 35 <= m1["stats"]["train"]["mean_blanks"] <= 45
+
+    train, test = s1["train"], s1["test"]
+    assert len(train) == 40 * 4 and len(test) == 15
+    assert (train.group_ids == np.repeat(np.arange(40), 4)).all() and (train.puzzle_ids == 0).all()
+    base = train.inputs[::4]  # index 0 of each group is the original puzzle
+    assert not {r.tobytes() for r in base} & {r.tobytes() for r in test.inputs}
+    assert len({r.tobytes() for r in base}) == 40
+    # augmented rows differ from their base but keep its blank count
+    assert (train.inputs[1::4] != train.inputs[::4]).any(axis=1).all()
+    assert ((train.inputs[1::4] == 1).sum(1) == (base == 1).sum(1)).all()
+
+    # a different seed gives different puzzles; the same config reuses the directory
+    other = load_puzzle_dataset(build_sudoku(SudokuDataConfig(n_train=40, n_test=15, min_blanks=35, max_blanks=45,
+                                                              num_aug=3, seed=6), tmp_path / "a"))[0]
+    assert not (other["test"].inputs == test.inputs).all()
+    mtime = (out1 / "metadata.json").stat().st_mtime_ns
+    assert build_sudoku(cfg, tmp_path / "a") == out1 and (out1 / "metadata.json").stat().st_mtime_ns == mtime
+
+
+def test_corrupted_dataset_raises(tmp_path):
+    out = build_sudoku(SudokuDataConfig(n_train=5, n_test=2), tmp_path)
+    arr = np.load(out / "train_inputs.npy")
+    arr[0, 0] = 10 if arr[0, 0] != 10 else 2
+    np.save(out / "train_inputs.npy", arr)
+    with pytest.raises(TrmError, match="content hash mismatch"):
+        load_puzzle_dataset(out)
+    # the builder notices and rebuilds it
+    out2 = build_sudoku(SudokuDataConfig(n_train=5, n_test=2), tmp_path)
+    assert load_puzzle_dataset(out2)[1]["splits"] == {"train": 5, "test": 2}
+    (out / "test_labels.npy").write_bytes(b"junk")
+    with pytest.raises(TrmError, match="test_labels.npy: missing or corrupt"):
+        load_puzzle_dataset(out)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(min_blanks=-1), "min_blanks"), (dict(min_blanks=40, max_blanks=30), "max_blanks"),
+    (dict(max_blanks=65), "max_blanks"), (dict(n_train=0), "n_train"), (dict(num_aug=-1), "num_aug"),
+    (dict(subsample_size=-5), "subsample_size"), (dict(source=""), "source"),
+])
+def test_config_validation(kwargs, field):
+    with pytest.raises(TrmError, match=f"data.{field}="):
+        SudokuDataConfig(**kwargs)
+
+
+def test_unknown_source(tmp_path):
+    with pytest.raises(TrmError, match="data.source='nonsense'"):
+        build_sudoku(SudokuDataConfig(source="nonsense"), tmp_path)
+    with pytest.raises(TrmError, match="no such CSV"):
+        build_sudoku(SudokuDataConfig(source=str(tmp_path / "nope.csv")), tmp_path)
