@@ -1,0 +1,63 @@
+"""`trm`: the one command-line front door. Each verb is a thin function over the library.
+
+Every verb lives in a module that defines ``<verb>_arguments(parser)`` and ``<verb>(args)``; ``COMMANDS`` maps
+the verb to "module:function". Bad input raises TrmError, printed here on one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from trmlab.errors import TrmError
+
+COMMANDS = {
+    "demo": ("trmlab.demo:demo", "train a small Sudoku TRM and its no-recursion twin on CPU, compare on held-out puzzles"),
+    "data": ("trmlab.commands:data", "build a dataset: trm data build <task|preset> [key=value ...]"),
+    "train": ("trmlab.commands:train", "train a preset: trm train <preset> [key=value ...]"),
+    "eval": ("trmlab.commands:evaluate", "evaluate a run or checkpoint on held-out data"),
+    "solve": ("trmlab.commands:solve", "solve one puzzle with a trained checkpoint"),
+    "presets": ("trmlab.commands:presets", "list the presets"),
+    "info": ("trmlab.commands:info", "build a preset's model and print its size and effective depth"),
+}
+
+
+def _load(spec: str):
+    module, func = spec.split(":")
+    mod = importlib.import_module(module)
+    return getattr(mod, f"{func}_arguments"), getattr(mod, func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trm", description="Tiny Recursive Models: train, evaluate, study.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    for name, (spec, help_text) in COMMANDS.items():
+        try:
+            add_arguments, run = _load(spec)
+        except (ImportError, AttributeError) as e:  # an optional part is missing: keep the rest usable
+            p = sub.add_parser(name, help=f"(unavailable: {e})")
+            p.set_defaults(func=lambda args, e=e: (_ for _ in ()).throw(TrmError(f"command unavailable: {e}")))
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except TrmError as e:
+        print(f"trm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trm: interrupted (a run resumes from its last checkpoint with --resume)", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The core `trm` verbs: data, train, eval, solve, presets, info. Thin: parse, load config, call the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trmlab.config import from_dict, list_presets, load_config, parse_overrides, preset_dict
+from trmlab.errors import TrmError
+
+
+def _preset_or_task(name: str, overrides: list[str]):
+    """A preset by that name, else the task's defaults (``trm data build maze`` works without a preset)."""
+    from trmlab.tasks import TASKS
+    if name in TASKS and name not in list_presets():
+        return from_dict(parse_overrides(overrides, {"task": name, "name": name}))
+    return load_config(name, overrides)
+
+
+# ---------------------------------------------------------------------------------------------- trm data
+def data_arguments(p):
+    p.add_argument("action", choices=["build"], help="build (or reuse) a dataset")
+    p.add_argument("preset", help="a task (sudoku, maze, arc, lm) or a preset whose data section to build")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. n_train=5000 (data.n_train=5000)")
+    p.add_argument("--data-root", default="data")
+
+
+def data(args):
+    cfg = _preset_or_task(args.preset, args.overrides)
+    from trmlab.tasks import get_task
+    path = get_task(cfg.task).build_data(cfg.data, args.data_root)
+    meta_file = Path(path) / "metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    sizes = ", ".join(f"{k} {v:,}" for k, v in meta.get("splits", {}).items())
+    print(f"{path}  ({sizes})" if sizes else str(path))
+
+
+# ---------------------------------------------------------------------------------------------- trm train
+def train_arguments(p):
+    p.add_argument("preset", help="preset name (see `trm presets`), a YAML file, or a run directory")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.n_embd=256 train.steps=2000")
+    p.add_argument("--name", help="run name (default: the preset's name); the run lives in <runs-dir>/<name>")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--quiet", action="store_true")
+
+
+def train(args):
+    cfg = load_config(args.preset, args.overrides)
+    if args.name:
+        cfg.name = args.name
+    run_dir = Path(args.runs_dir) / (cfg.name or "run")
+    from trmlab.train.trainer import train as run_training
+    summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
+                           data_root=args.data_root, quiet=args.quiet)
+    print_eval(summary["eval"], title=f"{run_dir}: {summary['steps']} steps, {summary['train_time_s']:.0f} s")
+
+
+def print_eval(metrics: dict, title: str = ""):
+    """A per-supervision-step table when the metrics have one, then the scalar metrics."""
+    if title:
+        print(title)
+    per_step = metrics.get("exact_acc_per_step")
+    if per_step:
+        print(f"{'sup step':>8}  {'exact acc':>9}  {'cell acc':>8}")
+        for k, (e, c) in enumerate(zip(per_step, metrics.get("cell_acc_per_step", [])), 1):
+            print(f"{k:>8}  {e:>9.4f}  {c:>8.4f}")
+    for k, v in metrics.items():
+        if not isinstance(v, (list, dict)):
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+
+
+# ---------------------------------------------------------------------------------------------- trm eval
+def evaluate_arguments(p):
+    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p.add_argument("--data", help="dataset directory to evaluate on (default: the run's own held-out split)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-sup", type=int, default=0, help="supervision steps at inference (default: the config's)")
+    p.add_argument("--max-samples", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def evaluate(args):
+    from trmlab.api import load
+    from trmlab.tasks import get_task
+    model, cfg = load(args.checkpoint, use_ema=not args.no_ema)
+    if args.n_sup:
+        cfg.model.n_sup_inference = args.n_sup
+    task = get_task(cfg.task)
+    data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
+    if args.split not in data.splits:
+        raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
+    import torch
+    metrics = task.evaluate(model, data, cfg, torch.device("cpu"), split=args.split, max_samples=args.max_samples)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print_eval(metrics, title=f"{args.checkpoint} on {args.data or 'its held-out split'} ({args.split})")
+
+
+# ---------------------------------------------------------------------------------------------- trm solve
+def solve_arguments(p):
+    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p.add_argument("puzzle", help="Sudoku: 81 characters ('.' or 0 = blank); Maze: a text file or grid; "
+                                  "ARC: a task JSON file")
+    p.add_argument("--n-sup", type=int, default=0)
+    p.add_argument("--out", default="", help="where to write pictures (ARC, Maze)")
+
+
+def solve(args):
+    from trmlab.api import load
+    from trmlab.tasks import get_task
+    model, cfg = load(args.checkpoint)
+    task = get_task(cfg.task)
+    if not hasattr(task, "solve"):
+        raise TrmError(f"task '{cfg.task}' has no solver")
+    return task.solve(model, cfg, args.puzzle, n_sup=args.n_sup or cfg.model.n_sup_inference, out=args.out)
+
+
+# ---------------------------------------------------------------------------------------------- presets, info
+def presets_arguments(p):
+    pass
+
+
+def presets(args):
+    for name in list_presets():
+        d = preset_dict(name)
+        print(f"{name:<18} {d.get('task', ''):<8} {d.get('description', '')}")
+
+
+def info_arguments(p):
+    p.add_argument("preset")
+    p.add_argument("overrides", nargs="*")
+
+
+def info(args):
+    from trmlab.api import build_model
+    from trmlab.recursion import model_summary
+    cfg = load_config(args.preset, args.overrides)
+    model = build_model(cfg)
+    print(f"{cfg.name}: {model_summary(model, cfg)}")
+

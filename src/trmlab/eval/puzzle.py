@@ -1,0 +1,76 @@
+"""Exact-match evaluation of puzzle models on a held-out split, per supervision step and with ACT halting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trmlab.data.puzzles import PuzzleSplit
+
+
+@dataclass
+class PuzzleEval:
+    exact_per_step: np.ndarray   # [n_sup] fraction of puzzles entirely right after step k+1
+    cell_per_step: np.ndarray    # [n_sup] fraction of labelled cells right after step k+1
+    exact_halted: float          # answer taken where the Q-head first says halt (else the last step)
+    mean_steps_halted: float     # supervision steps used under ACT halting
+    predictions: np.ndarray      # [N, L] final-step answer tokens
+    halted_predictions: np.ndarray
+    q_logits: np.ndarray         # [N] final-step halting logits (ARC voting ranks ties by them)
+
+    def metrics(self) -> dict:
+        n = len(self.exact_per_step)
+        return {"exact_acc": float(self.exact_per_step[-1]), "cell_acc": float(self.cell_per_step[-1]),
+                "exact_acc_per_step": [round(float(v), 5) for v in self.exact_per_step],
+                "cell_acc_per_step": [round(float(v), 5) for v in self.cell_per_step],
+                "exact_acc_act": self.exact_halted, "mean_steps_act": self.mean_steps_halted,
+                "n_sup_inference": n, "eval_samples": int(len(self.predictions))}
+
+
+@torch.no_grad()
+def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 0,
+                     batch_size: int = 0) -> PuzzleEval:
+    """Run every held-out puzzle for ``n_sup_inference`` steps (all steps, as the paper's eval) and score each step."""
+    n = len(split) if not max_samples else min(max_samples, len(split))
+    batch_size = batch_size or max(cfg.train.batch_size, 64)
+    n_sup = cfg.model.n_sup_inference
+    exact = np.zeros(n_sup)
+    cells = np.zeros(n_sup)
+    total_cells = 0
+    preds, halted_preds, qs, steps_used, halted_exact = [], [], [], [], 0
+    was_training = model.training
+    model.eval()
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = {"inputs": torch.from_numpy(split.inputs[idx].astype(np.int64)).to(device),
+                 "puzzle_ids": torch.from_numpy(split.puzzle_ids[idx].astype(np.int64)).to(device)}
+        labels = torch.from_numpy(split.labels[idx].astype(np.int64)).to(device)
+        valid = labels != 0
+        total_cells += int(valid.sum())
+        carry, done = None, torch.zeros(len(idx), dtype=torch.bool, device=device)
+        answer = steps = None
+        for k in range(n_sup):
+            out = model.step(batch, carry)
+            carry, pred = out.carry, out.logits.argmax(-1)
+            hit = (pred == labels) | ~valid
+            exact[k] += float(hit.all(-1).sum())
+            cells[k] += float(((pred == labels) & valid).sum())
+            if answer is None:
+                answer, steps = pred.clone(), torch.full((len(idx),), n_sup, device=device)
+            answer = torch.where(done.unsqueeze(-1), answer, pred)
+            newly = ~done & (out.q_logit > 0)
+            steps = torch.where(newly, torch.full_like(steps, k + 1), steps)
+            done |= newly
+        halted_exact += int((((answer == labels) | ~valid).all(-1)).sum())
+        preds.append(pred.cpu().numpy())
+        halted_preds.append(answer.cpu().numpy())
+        qs.append(out.q_logit.float().cpu().numpy())
+        steps_used.append(steps.cpu().numpy())
+    model.train(was_training)
+    return PuzzleEval(exact / max(n, 1), cells / max(total_cells, 1), halted_exact / max(n, 1),
+                      float(np.concatenate(steps_used).mean()) if steps_used else 0.0,
+                      np.concatenate(preds) if preds else np.zeros((0, split.inputs.shape[1]), np.int64),
+                      np.concatenate(halted_preds) if preds else np.zeros((0, split.inputs.shape[1]), np.int64),
+                      np.concatenate(qs) if qs else np.zeros(0))

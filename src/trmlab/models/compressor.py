@@ -1,0 +1,372 @@
+"""Phase 1 of LLM latent reasoning: a weight-tied linear compressor of LLM hidden states, its metrics, and the PCA
+baseline it is compared with.
+
+The compressor reduces the *feature* dimension only (seed 001)::
+
+    [B, L, D] --compress--> [B, L, D'] --decompress--> [B, L, D]
+
+with one weight matrix ``W`` of shape ``[D', D]``: ``z = x @ W.T (+ b_enc)`` and ``x_hat = z @ W (+ b_dec)``.
+Without biases (the default) the parameter count is exactly ``D' * D`` — 196,608 for D'=64, D=3072, as in
+seed 001's table.
+
+Metrics (``reconstruction_metrics`` / ``ReconstructionMetrics``), always over real (mask == 1) tokens only:
+
+``mse``                mean over tokens and features of ``(x_hat - x)**2``
+``cosine_similarity``  mean over tokens of ``cos(x_hat_t, x_t)``
+``relative_error``     ``||x_hat - x|| / ||x||`` with Frobenius norms over all real tokens
+``variance_ratio``     ``var(x_hat) / var(x)``: total variance (trace of the covariance over tokens, i.e. the sum of
+                       per-feature variances) of the reconstruction over that of the original
+
+``pca_reconstruction(train, test, k)`` is the optimal rank-k (affine, mean-centred) reconstruction fitted on
+``train`` and evaluated on held-out ``test`` with the same metrics: no linear compressor of width k can beat it on
+the data it was fitted on, so it is the yardstick for the trained compressor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trmlab.errors import TrmError
+
+METRIC_NAMES = ("mse", "cosine_similarity", "relative_error", "variance_ratio")
+
+
+class DimensionCompressor(nn.Module):
+    """Weight-tied linear autoencoder over the last dimension: D -> D' -> D."""
+
+    def __init__(self, d_model: int, d_compressed: int, bias: bool = False, init: str = "orthogonal"):
+        super().__init__()
+        if int(d_model) <= 0 or int(d_compressed) <= 0:
+            raise TrmError(f"compressor dimensions must be positive, got d_model={d_model}, d_compressed={d_compressed}")
+        if init not in ("orthogonal", "normal"):
+            raise TrmError(f"unknown compressor init {init!r} (use 'orthogonal' or 'normal')")
+        self.d_model = int(d_model)
+        self.d_compressed = int(d_compressed)
+        self.use_bias = bool(bias)
+        self.weight = nn.Parameter(torch.empty(self.d_compressed, self.d_model))
+        if self.use_bias:
+            self.encoder_bias = nn.Parameter(torch.zeros(self.d_compressed))
+            self.decoder_bias = nn.Parameter(torch.zeros(self.d_model))
+        else:
+            self.register_parameter("encoder_bias", None)
+            self.register_parameter("decoder_bias", None)
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "orthogonal") -> None:
+        with torch.no_grad():
+            if init == "orthogonal":
+                # Semi-orthogonal rows: W^T W starts as a projection, so the untrained model is already a sane
+                # (random-subspace) reconstruction and the loss starts well below ||x||^2.
+                nn.init.orthogonal_(self.weight)
+            else:
+                nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.d_model))
+            if self.use_bias:
+                self.encoder_bias.zero_()
+                self.decoder_bias.zero_()
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.d_model / self.d_compressed
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def compress(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., D']"""
+        if x.shape[-1] != self.d_model:
+            raise TrmError(f"compressor expects hidden size {self.d_model}, got {x.shape[-1]}")
+        w = self.weight
+        z = x.to(w.dtype) @ w.t()
+        if self.encoder_bias is not None:
+            z = z + self.encoder_bias
+        return z
+
+    def decompress(self, z: torch.Tensor) -> torch.Tensor:
+        """[..., D'] -> [..., D], with the same (tied) weight tensor as ``compress``."""
+        if z.shape[-1] != self.d_compressed:
+            raise TrmError(f"compressor expects compressed size {self.d_compressed}, got {z.shape[-1]}")
+        x_hat = z @ self.weight
+        if self.decoder_bias is not None:
+            x_hat = x_hat + self.decoder_bias
+        return x_hat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decompress(self.compress(x))
+
+    def config(self) -> dict:
+        return {"d_model": self.d_model, "d_compressed": self.d_compressed, "bias": self.use_bias}
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_compressed={self.d_compressed}, bias={self.use_bias}"
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+
+
+def _flatten_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[..., D] (+ mask [...]) -> [T, D] of the real tokens."""
+    flat = x.reshape(-1, x.shape[-1])
+    if mask is None:
+        return flat
+    m = mask.reshape(-1).to(torch.bool)
+    if m.shape[0] != flat.shape[0]:
+        raise TrmError(f"mask shape {tuple(mask.shape)} does not match states {tuple(x.shape)}")
+    return flat[m]
+
+
+class ReconstructionMetrics:
+    """Streaming accumulator of the seed-001 metrics (float64 sums, so batches can be summed across processes).
+
+    ``state()`` is a flat float64 tensor of sufficient statistics; summing the states of several accumulators (e.g.
+    with ``accelerator.reduce(..., 'sum')``) and calling ``from_state(...).compute()`` gives the metrics of the union.
+    """
+
+    def __init__(self, d_model: int):
+        self.d_model = int(d_model)
+        self.reset()
+
+    def reset(self) -> None:
+        d = self.d_model
+        self._scalars = torch.zeros(5, dtype=torch.float64)  # tokens, sq_err, cos_sum, x_sq, xh_sq
+        self._sum_x = torch.zeros(d, dtype=torch.float64)
+        self._sum_xh = torch.zeros(d, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        if x.shape != x_hat.shape:
+            raise TrmError(f"reconstruction shape {tuple(x_hat.shape)} != original {tuple(x.shape)}")
+        if x.shape[-1] != self.d_model:
+            raise TrmError(f"metrics were set up for hidden size {self.d_model}, got {x.shape[-1]}")
+        a = _flatten_masked(x, mask).to(torch.float64).cpu()
+        b = _flatten_masked(x_hat, mask).to(torch.float64).cpu()
+        if a.shape[0] == 0:
+            return
+        diff = b - a
+        na = a.norm(dim=-1)
+        nb = b.norm(dim=-1)
+        cos = (a * b).sum(-1) / (na * nb).clamp_min(1e-12)
+        # two all-zero vectors are identical: count them as cos 1
+        cos = torch.where((na == 0) & (nb == 0), torch.ones_like(cos), cos)
+        self._scalars += torch.stack(
+            [
+                torch.tensor(float(a.shape[0]), dtype=torch.float64),
+                (diff * diff).sum(),
+                cos.sum(),
+                (a * a).sum(),
+                (b * b).sum(),
+            ]
+        )
+        self._sum_x += a.sum(0)
+        self._sum_xh += b.sum(0)
+
+    def state(self) -> torch.Tensor:
+        return torch.cat([self._scalars, self._sum_x, self._sum_xh])
+
+    @classmethod
+    def from_state(cls, state: torch.Tensor, d_model: int) -> "ReconstructionMetrics":
+        m = cls(d_model)
+        state = state.detach().to("cpu", torch.float64)
+        m._scalars = state[:5].clone()
+        m._sum_x = state[5 : 5 + d_model].clone()
+        m._sum_xh = state[5 + d_model :].clone()
+        return m
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._scalars[0].item())
+
+    def compute(self) -> dict[str, float]:
+        n, sq_err, cos_sum, x_sq, xh_sq = (float(v) for v in self._scalars)
+        if n == 0:
+            raise TrmError("no real (unmasked) tokens to compute reconstruction metrics on")
+        d = self.d_model
+        # total variance = sum over features of E[x_j^2] - E[x_j]^2
+        var_x = x_sq / n - float((self._sum_x / n).pow(2).sum())
+        var_xh = xh_sq / n - float((self._sum_xh / n).pow(2).sum())
+        return {
+            "mse": sq_err / (n * d),
+            "cosine_similarity": cos_sum / n,
+            "relative_error": math.sqrt(sq_err) / math.sqrt(x_sq) if x_sq > 0 else (0.0 if sq_err == 0 else math.inf),
+            "variance_ratio": var_xh / var_x if var_x > 0 else (1.0 if var_xh <= 0 else math.inf),
+            "num_tokens": int(n),
+        }
+
+
+def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
+    """The seed-001 metrics of ``x_hat`` against ``x`` ([..., D]) over the tokens where ``mask`` is true."""
+    acc = ReconstructionMetrics(x.shape[-1])
+    acc.update(x, x_hat, mask)
+    return acc.compute()
+
+
+# ------------------------------------------------------------------------------------------------------- PCA
+
+
+class CovarianceAccumulator:
+    """Streams tokens [..., D] (+ mask) into float64 first and second moments for a PCA fit."""
+
+    def __init__(self, d_model: int):
+        self.d_model = int(d_model)
+        self.n = 0
+        self.sum = torch.zeros(d_model, dtype=torch.float64)
+        self.outer = torch.zeros(d_model, d_model, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None, max_tokens: int | None = None) -> int:
+        """Adds the real tokens (at most ``max_tokens`` in total); returns how many were added."""
+        a = _flatten_masked(x, mask).to(torch.float64).cpu()
+        if max_tokens is not None:
+            a = a[: max(0, int(max_tokens) - self.n)]
+        if a.shape[0]:
+            self.n += a.shape[0]
+            self.sum += a.sum(0)
+            self.outer += a.t() @ a
+        return a.shape[0]
+
+    def fit(self) -> "PCA":
+        if self.n < 2:
+            raise TrmError(f"PCA needs at least 2 training tokens, got {self.n}")
+        mean = self.sum / self.n
+        cov = self.outer / self.n - torch.outer(mean, mean)
+        cov = 0.5 * (cov + cov.t())
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        order = torch.argsort(evals, descending=True)
+        return PCA(mean=mean, components=evecs[:, order].t().contiguous(), explained_variance=evals[order].clamp_min(0))
+
+
+@dataclass
+class PCA:
+    """Principal axes (rows of ``components``, by decreasing variance) of the training tokens."""
+
+    mean: torch.Tensor  # [D] float64
+    components: torch.Tensor  # [D, D] float64, row i = i-th principal axis
+    explained_variance: torch.Tensor  # [D] float64
+
+    def reconstruct(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Optimal rank-k affine reconstruction of x [..., D]: mean + P_k (x - mean)."""
+        k = max(0, min(int(k), self.components.shape[0]))
+        v = self.components[:k].to(x.device)
+        mu = self.mean.to(x.device)
+        xc = x.to(torch.float64) - mu
+        return ((xc @ v.t()) @ v + mu).to(x.dtype)
+
+    def explained_variance_ratio(self, k: int) -> float:
+        total = float(self.explained_variance.sum())
+        return float(self.explained_variance[: int(k)].sum()) / total if total > 0 else 1.0
+
+
+def fit_pca(states: torch.Tensor, mask: torch.Tensor | None = None) -> PCA:
+    acc = CovarianceAccumulator(states.shape[-1])
+    acc.update(states, mask)
+    return acc.fit()
+
+
+def pca_reconstruction(
+    train_states: torch.Tensor,
+    test_states: torch.Tensor,
+    k: int,
+    train_mask: torch.Tensor | None = None,
+    test_mask: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Fits PCA on ``train_states`` ([..., D]) and returns the seed-001 metrics of the rank-``k`` reconstruction of
+    the held-out ``test_states``, plus ``params`` (k*D, the size of a tied linear map of that rank) and
+    ``explained_variance_ratio`` on the training split."""
+    if train_states.shape[-1] != test_states.shape[-1]:
+        raise TrmError(f"train hidden size {train_states.shape[-1]} != test hidden size {test_states.shape[-1]}")
+    if int(k) <= 0:
+        raise TrmError(f"PCA rank must be positive, got {k}")
+    pca = fit_pca(train_states, train_mask)
+    out = reconstruction_metrics(test_states, pca.reconstruct(test_states, k), test_mask)
+    d = train_states.shape[-1]
+    out["params"] = min(int(k), d) * d
+    out["explained_variance_ratio"] = pca.explained_variance_ratio(k)
+    return out
+
+
+__all__ = [
+    "METRIC_NAMES",
+    "DimensionCompressor",
+    "ReconstructionMetrics",
+    "reconstruction_metrics",
+    "CovarianceAccumulator",
+    "PCA",
+    "fit_pca",
+    "pca_reconstruction",
+]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+CHECKPOINT_FORMAT = "trmlab.compressor/1"
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``stage1a_final`` / ``stage1a_final.safetensors`` / ``stage1a_final.json`` -> (tensors, sidecar) paths."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def save_compressor_checkpoint(path: str | os.PathLike, model: DimensionCompressor, meta: dict,
+                               extra_tensors: dict[str, torch.Tensor] | None = None) -> tuple[Path, Path]:
+    """Writes ``<path>.safetensors`` (weights + ``extra_tensors``) then ``<path>.json`` (``meta`` + the config),
+    each to a temporary name first and renamed: the sidecar appears only once the tensors are complete."""
+    from safetensors.torch import save_file
+
+    tensors_path, json_path = checkpoint_paths(path)
+    tensors_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors[k] = v.detach().to("cpu").contiguous()
+    tmp = tensors_path.with_name(f".{tensors_path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    os.replace(tmp, tensors_path)
+    sidecar = dict(meta)
+    sidecar["format"] = CHECKPOINT_FORMAT
+    sidecar["config"] = model.config()
+    sidecar["num_parameters"] = model.num_parameters()
+    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, json_path)
+    return tensors_path, json_path
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    tensors_path, json_path = checkpoint_paths(path)
+    if not json_path.exists() or not tensors_path.exists():
+        raise TrmError(f"no compressor checkpoint at {tensors_path} (+ {json_path.name})")
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError:
+        raise TrmError(f"{json_path} is not valid JSON") from None
+    if meta.get("format") != CHECKPOINT_FORMAT or "config" not in meta:
+        raise TrmError(f"{json_path} is not a trmlab compressor checkpoint")
+    return meta
+
+
+def load_compressor_checkpoint(path: str | os.PathLike, map_location="cpu"
+                               ) -> tuple[DimensionCompressor, dict, dict[str, torch.Tensor]]:
+    """(model, sidecar meta, the other tensors stored with it, e.g. optimizer state)."""
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_meta(path)
+    cfg = meta["config"]
+    model = DimensionCompressor(cfg["d_model"], cfg["d_compressed"], bias=cfg.get("bias", False))
+    tensors = load_file(str(checkpoint_paths(path)[0]), device=str(map_location))
+    own = {k: tensors.pop(k) for k in list(tensors) if k in model.state_dict()}
+    try:
+        model.load_state_dict(own)
+    except RuntimeError as e:
+        raise TrmError(f"{checkpoint_paths(path)[0]}: weights do not match its config ({str(e).splitlines()[0]})") from None
+    return model, meta, tensors
+
+
+__all__ += ["save_compressor_checkpoint", "load_compressor_checkpoint", "read_checkpoint_meta", "checkpoint_paths"]

@@ -1,0 +1,187 @@
+"""Puzzle tasks (Sudoku, Maze, ARC): grid tokens in, grid tokens out, exact-match accuracy on held-out puzzles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset
+from trmlab.errors import TrmError
+from trmlab.train.losses import halt_loss, prediction_stats, token_losses
+
+
+@dataclass
+class PuzzleData:
+    path: Path
+    splits: dict[str, PuzzleSplit]
+    meta: dict
+
+
+class EpochSampler:
+    """Global batch ``step`` = the next ``batch_size`` items of a fresh permutation per epoch, seeded by (seed, epoch).
+
+    A pure function of the step number, so a resumed run sees exactly the batches it would have seen, and
+    data-parallel ranks take disjoint slices of the same global batch.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}  # keep one epoch cached
+        return self._perms[epoch]
+
+    def indices(self, step: int, batch_size: int) -> torch.Tensor:
+        out, pos = [], step * batch_size
+        while len(out) < batch_size:
+            epoch, offset = divmod(pos, self.n)
+            take = self._perm(epoch)[offset: offset + batch_size - len(out)]
+            out.extend(take.tolist())
+            pos += len(take)
+        return torch.tensor(out)
+
+
+def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    if batch_size % world_size:
+        raise TrmError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
+    per = batch_size // world_size
+    return slice(rank * per, (rank + 1) * per)
+
+
+def split_tensors(split: PuzzleSplit, idx) -> dict:
+    return {"inputs": torch.from_numpy(split.inputs[idx].astype(np.int64)),
+            "labels": torch.from_numpy(split.labels[idx].astype(np.int64)),
+            "puzzle_ids": torch.from_numpy(split.puzzle_ids[idx].astype(np.int64))}
+
+
+class PuzzleTask:
+    """Shared by every grid puzzle; subclasses name their data config and builder."""
+
+    name = "puzzle"
+    data_config: type = None
+    metric = "exact_acc"  # the headline number a study ranks runs by
+
+    def build_data(self, data_cfg, data_root: str | Path) -> Path:
+        raise NotImplementedError
+
+    def prepare(self, cfg, data_root: str | Path = "data") -> PuzzleData:
+        """Build (or reuse) the dataset and fill the model's vocab_size / seq_len / num_puzzle_ids from it."""
+        path = self.build_data(cfg.data, data_root)
+        return self.load(cfg, path)
+
+    def load(self, cfg, path) -> PuzzleData:
+        splits, meta = load_puzzle_dataset(path)
+        if "train" not in splits or "test" not in splits:
+            raise TrmError(f"{path}: dataset needs a train and a test split, found {sorted(splits)}")
+        m = cfg.model
+        for key in ("vocab_size", "seq_len", "num_puzzle_ids"):
+            have, want = getattr(m, key), int(meta[key])
+            if have == 0:
+                setattr(m, key, want)
+            elif have < want or (key == "seq_len" and have != want):
+                raise TrmError(f"model.{key}={have} does not fit the dataset at {path} ({key}={want})")
+        return PuzzleData(Path(path), splits, meta)
+
+    def build_model(self, cfg):
+        from trmlab.models.puzzle import build_puzzle_model
+        return build_puzzle_model(cfg.model)
+
+    def sampler(self, data: PuzzleData, seed: int) -> EpochSampler:
+        return EpochSampler(len(data.splits["train"]), seed)
+
+    def batch(self, data: PuzzleData, sampler: EpochSampler, step: int, batch_size: int,
+              rank: int = 0, world_size: int = 1) -> dict:
+        idx = sampler.indices(step, batch_size)[rank_slice(batch_size, rank, world_size)]
+        return split_tensors(data.splits["train"], idx.numpy())
+
+    def losses(self, out, batch: dict, cfg):
+        """Per-sample loss [B] (token loss + weighted halting loss), exact-correct [B], and metric sums."""
+        tok = token_losses(out.logits, batch["labels"], cfg.train.loss)
+        n_hit, n_valid, correct = prediction_stats(out.logits, batch["labels"])
+        loss = tok
+        if cfg.model.halting == "act":
+            loss = loss + cfg.train.halt_loss_weight * halt_loss(out.q_logit, correct)
+        return loss, correct, {"token_loss": tok.detach(), "cell_acc": (n_hit / n_valid.clamp(min=1)).float()}
+
+    @torch.no_grad()
+    def evaluate(self, model, data: PuzzleData, cfg, device, split: str = "test", max_samples: int = 0) -> dict:
+        from trmlab.eval.puzzle import evaluate_puzzles
+        result = evaluate_puzzles(model, data.splits[split], cfg, device, max_samples=max_samples)
+        metrics = result.metrics()
+        metrics.update(self.extra_metrics(result, data, cfg, split))
+        return metrics
+
+    def extra_metrics(self, result, data, cfg, split) -> dict:
+        return {}
+
+
+class SudokuTask(PuzzleTask):
+    name = "sudoku"
+
+    @property
+    def data_config(self):
+        from trmlab.data.sudoku import SudokuDataConfig
+        return SudokuDataConfig
+
+    def build_data(self, data_cfg, data_root):
+        from trmlab.data.sudoku import build_sudoku
+        return build_sudoku(data_cfg, out_root=data_root)
+
+    def shapes(self, cfg) -> dict:
+        return {"vocab_size": 11, "seq_len": 81, "num_puzzle_ids": 1}
+
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "") -> int:
+        """Print the solved grid, whether it is a valid solution of the givens, and the steps ACT used."""
+        from trmlab.data.sudoku import (decode_tokens, encode_grid, format_grid, is_consistent,
+                                        is_valid_solution, parse_puzzle)
+        puzzle = parse_puzzle(text)
+        batch = {"inputs": torch.from_numpy(encode_grid(puzzle).astype(np.int64))[None],
+                 "puzzle_ids": torch.zeros(1, dtype=torch.long)}
+        answer, steps = model.predict(batch, n_sup=n_sup, halt=cfg.model.halting == "act")
+        grid = decode_tokens(answer[0].numpy())
+        ok = is_valid_solution(grid) and is_consistent(puzzle, grid)
+        print(format_grid(grid))
+        print(f"valid: {'yes' if ok else 'no'}   supervision steps used: {int(steps[0])} of {n_sup}")
+        return 0 if ok else 1
+
+    def extra_metrics(self, result, data, cfg, split) -> dict:
+        from trmlab.data.sudoku import decode_tokens, is_consistent, is_valid_solution
+        inputs = data.splits[split].inputs[: len(result.predictions)]
+        valid = [is_valid_solution(decode_tokens(p)) and is_consistent(decode_tokens(i), decode_tokens(p))
+                 for i, p in zip(inputs, result.predictions)]
+        # A valid grid that keeps the givens solves the puzzle even if it differs from the stored solution.
+        return {"valid_solution_acc": float(np.mean(valid)) if valid else 0.0}
+
+
+class MazeTask(PuzzleTask):
+    name = "maze"
+
+    @property
+    def data_config(self):
+        from trmlab.data.maze import MazeDataConfig
+        return MazeDataConfig
+
+    def build_data(self, data_cfg, data_root):
+        from trmlab.data.maze import build_maze
+        return build_maze(data_cfg, out_root=data_root)
+
+
+class ArcTask(PuzzleTask):
+    name = "arc"
+    metric = "pass@2"
+
+    @property
+    def data_config(self):
+        from trmlab.data.arc import ArcDataConfig
+        return ArcDataConfig
+
+    def build_data(self, data_cfg, data_root):
+        from trmlab.data.arc import build_arc
+        return build_arc(data_cfg, out_root=data_root)
+

@@ -1,0 +1,297 @@
+"""The one training loop, for every task: deep supervision, ACT, EMA, evaluation, checkpoints, exact resume.
+
+Deep supervision comes in two modes (``train.supervision``):
+  per_step  the paper's: every optimizer step is ONE supervision step of a carried batch. Each sample keeps its
+            (y, z) between steps; a sample that halted (ACT said stop, or it used n_sup_train steps) is replaced
+            by a fresh one from the next batch.
+  summed    seeds 000/002: each batch runs all n_sup_train steps; the losses are summed with weights growing
+            as supervision_weight_base^(k/(N-1)), minus improvement_reward_scale x (first loss - last loss);
+            one backward.
+Everything random in a step is a function of (seed, step), so a resumed run replays the exact same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from trmlab.config import Config, from_dict, save_config
+from trmlab.errors import TrmError
+from trmlab.recursion import count_parameters, model_summary
+from trmlab.tasks import get_task
+from trmlab.train import distributed
+from trmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trmlab.train.ema import EMA
+from trmlab.train.optim import build_optimizers, set_lr
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrmError(f"train.device={name} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def supervision_weights(n: int, base: float) -> torch.Tensor:
+    """Weights of the summed mode: geometric from 1 to ``base`` over the n steps, normalised to sum to 1."""
+    w = torch.tensor([base ** (k / max(n - 1, 1)) for k in range(n)], dtype=torch.float32)
+    return w / w.sum()
+
+
+class Trainer:
+    """Train ``cfg`` into ``run_dir``. ``Trainer(cfg, "runs/x").fit()`` returns the summary dict."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+                 data_root: str | Path = "data", quiet: bool = False):
+        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.dist = distributed.setup(cfg.train.device)
+        self.device = self.dist.device if self.dist.world_size > 1 else pick_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self._prepare_run_dir(resume, overwrite)
+        torch.manual_seed(cfg.train.seed)
+        self.task = get_task(cfg.task)
+        self.data = self.task.prepare(cfg, data_root)
+        self.sampler = self.task.sampler(self.data, cfg.train.seed)
+        self.model = self.task.build_model(cfg).to(self.device)
+        self.optimizers = build_optimizers(self.model, cfg.train)
+        self.ema = EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.forward = distributed.wrap(self.model, self.dist)
+        if cfg.train.compile:
+            self.forward = distributed.try_compile(self.forward, self.log_line)
+        self.step, self.carry, self.train_time = 0, None, 0.0
+        self.nonfinite = 0
+        self.history: list[dict] = []
+        if resume and latest_checkpoint(self.run_dir) is not None:
+            self._restore(latest_checkpoint(self.run_dir))
+        elif self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ run directory and logging
+    def _prepare_run_dir(self, resume: bool, overwrite: bool):
+        d = self.run_dir
+        if d.exists() and any(d.iterdir()) and not (resume or overwrite):
+            raise TrmError(f"run directory {d} already exists; pass --resume to continue it or --overwrite")
+        if self.dist.is_main:
+            if overwrite and not resume and d.exists():
+                shutil.rmtree(d)
+            d.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.dist)
+
+    def log_line(self, msg: str):
+        if self.dist.is_main and not self.quiet:
+            tqdm.write(msg)
+
+    def log(self, record: dict):
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_tensors(self) -> dict:
+        t = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return t
+
+    def save(self):
+        tensors = self._rng_tensors()
+        if self.carry is not None:
+            tensors.update({f"carry.{k}": v for k, v in self.carry.items() if torch.is_tensor(v)})
+        state = {"train_time": self.train_time, "nonfinite": self.nonfinite, "world_size": self.dist.world_size,
+                 "config": self.cfg.to_dict()}
+        if self.dist.world_size > 1:  # every rank holds its own slice of the carry
+            tensors = distributed.gather_carry(tensors, self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state,
+                            self.ema.state_dict() if self.ema else None,
+                            [o.state_dict() for o in self.optimizers], tensors, self.cfg.train.keep_checkpoints)
+        distributed.barrier(self.dist)
+
+    def _restore(self, path: Path):
+        ckpt = load_checkpoint(path)
+        saved = from_dict(ckpt.state["config"])
+        for section in ("task", "model", "data"):
+            if getattr(saved, section) != getattr(self.cfg, section):
+                raise TrmError(f"cannot resume {self.run_dir}: its {section} config differs from the one given")
+        if ckpt.state.get("world_size", 1) != self.dist.world_size and self.cfg.train.supervision == "per_step":
+            raise TrmError(f"cannot resume {self.run_dir}: saved with {ckpt.state.get('world_size', 1)} processes, "
+                           f"now {self.dist.world_size} (the ACT carry is sharded per process)")
+        self.model.load_state_dict(ckpt.model)
+        if self.ema and ckpt.ema is not None:
+            self.ema.load_state_dict(ckpt.ema)
+        for opt, sd in zip(self.optimizers, ckpt.optimizers):
+            opt.load_state_dict(sd)
+        self.step = int(ckpt.state["step"])
+        self.train_time = float(ckpt.state.get("train_time", 0.0))
+        self.nonfinite = int(ckpt.state.get("nonfinite", 0))
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        carry = {k[len("carry."):]: v for k, v in ckpt.tensors.items() if k.startswith("carry.")}
+        if carry:
+            carry = distributed.shard_carry(carry, self.dist)
+            self.carry = {k: v.to(self.device) for k, v in carry.items()}
+        self._truncate_metrics(self.step)
+        self.log_line(f"resumed {self.run_dir} at step {self.step}")
+
+    def _truncate_metrics(self, step: int):
+        """Drop log records written after the checkpoint we resume from (that work is being redone)."""
+        f = self.run_dir / "metrics.jsonl"
+        if not self.dist.is_main or not f.exists():
+            return
+        keep = [ln for ln in f.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        f.write_text("".join(ln + "\n" for ln in keep))
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _batch(self, step: int) -> dict:
+        local = self.cfg.train.batch_size
+        b = self.task.batch(self.data, self.sampler, step, local, self.dist.rank, self.dist.world_size)
+        return {k: v.to(self.device) for k, v in b.items()}
+
+    def _autocast(self):
+        bf16 = self.cfg.train.dtype == "bfloat16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _per_step_loss(self, step: int):
+        """One supervision step of the carried batch; halted samples were swapped for fresh ones."""
+        m, t = self.cfg.model, self.cfg.train
+        fresh = self._batch(step)
+        c = self.carry
+        if c is None:
+            reset = torch.ones(len(fresh["inputs"]), dtype=torch.bool, device=self.device)
+            c = {"steps": torch.zeros_like(reset, dtype=torch.long), **fresh}
+        else:
+            reset = c["halted"]
+        batch = {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), v, c[k]) for k, v in fresh.items()}
+        steps = torch.where(reset, 0, c["steps"])
+        carry = None if "y" not in c else self.model.make_carry(c["y"], c["z"])
+        with self._autocast():
+            out = self.forward(batch, carry, reset)
+            loss_vec, correct, metrics = self.task.losses(out, batch, self.cfg)
+        steps = steps + 1
+        halted = steps >= m.n_sup_train
+        if m.halting == "act" and m.n_sup_train > 1:
+            g = torch.Generator().manual_seed(t.seed * 7_919 + step)
+            explore = torch.rand(len(steps), generator=g) < t.act_exploration
+            min_steps = torch.where(explore, torch.randint(2, m.n_sup_train + 1, (len(steps),), generator=g), 1)
+            halted |= (out.q_logit.detach() > 0) & (steps >= min_steps.to(self.device))
+        self.carry = {**batch, "y": out.carry.y, "z": out.carry.z, "steps": steps, "halted": halted}
+        metrics["exact_acc"] = correct.float()
+        metrics["steps"] = steps.float()
+        return loss_vec.mean(), metrics
+
+    def _summed_loss(self, step: int):
+        """All n_sup_train steps of one batch, weighted, with the improvement reward; one backward."""
+        m, t = self.cfg.model, self.cfg.train
+        batch = self._batch(step)
+        carry, losses, metrics = None, [], {}
+        with self._autocast():
+            for k in range(m.n_sup_train):
+                out = self.forward(batch, carry)
+                carry = out.carry
+                loss_vec, correct, metrics = self.task.losses(out, batch, self.cfg)
+                losses.append(loss_vec.mean())
+        losses_t = torch.stack(losses)
+        loss = (supervision_weights(len(losses), t.supervision_weight_base).to(losses_t) * losses_t).sum()
+        if t.improvement_reward_scale and len(losses) > 1:
+            # sum_k (L_{k-1} - L_k) telescopes to L_0 - L_last: reward refinement from first to last step.
+            loss = loss - t.improvement_reward_scale * (losses_t[0] - losses_t[-1]) / (len(losses) - 1)
+        metrics["exact_acc"] = correct.float()
+        metrics["first_step_loss"] = losses_t[0].detach()
+        metrics["last_step_loss"] = losses_t[-1].detach()
+        return loss, metrics
+
+    def train_step(self) -> dict:
+        t = self.cfg.train
+        lr_f = set_lr(self.optimizers, self.step, t)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss, metrics = (self._per_step_loss if t.supervision == "per_step" else self._summed_loss)(self.step)
+        record = {"step": self.step + 1, "loss": float(loss.detach()), "lr": t.lr * lr_f}
+        if not torch.isfinite(loss):
+            self.nonfinite += 1  # skipped, not fatal: the carry moved on and the next batch is fresh
+            record["skipped_nonfinite"] = True
+            self.carry = None
+        else:
+            loss.backward()
+            distributed.sync_grads(self.model, self.dist)
+            if t.grad_clip:
+                record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+            for opt in self.optimizers:
+                opt.step()
+            if self.ema:
+                self.ema.update(self.model)
+        for k, v in metrics.items():
+            record[k] = float(v.float().mean()) if torch.is_tensor(v) else v
+        self.step += 1
+        return record
+
+    # ------------------------------------------------------------------ evaluation and the loop
+    def eval_model(self):
+        return self.ema.model if self.ema else self.model
+
+    def evaluate(self) -> dict:
+        metrics = self.task.evaluate(self.eval_model(), self.data, self.cfg, self.device,
+                                     max_samples=self.cfg.train.eval_samples)
+        self.log({"step": self.step, "eval": metrics})
+        return metrics
+
+    def _should_stop(self) -> bool:
+        t = self.cfg.train
+        over_time = t.time_budget_s > 0 and self.train_time >= t.time_budget_s
+        return self.step >= t.steps or distributed.any_true(over_time, self.dist)
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        self.log_line(f"{self.cfg.name or 'run'}: {model_summary(self.model, self.cfg)}")
+        bar = tqdm(total=t.steps, initial=self.step, disable=self.quiet or not self.dist.is_main,
+                   desc=self.cfg.name or "train", dynamic_ncols=True)
+        last_eval = None
+        while not self._should_stop():
+            t0 = time.perf_counter()
+            record = self.train_step()
+            dt = time.perf_counter() - t0
+            self.train_time += dt
+            record["step_time"] = dt
+            if self.step % t.log_interval == 0 or self.step == 1:
+                self.log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record.get('exact_acc', 0):.3f}",
+                            s_per_step=f"{dt:.2f}")
+            if t.eval_interval and self.step % t.eval_interval == 0:
+                last_eval = self.evaluate()
+                self.log_line(f"step {self.step}: eval exact_acc {last_eval.get('exact_acc', float('nan')):.4f}")
+            if t.ckpt_interval and self.step % t.ckpt_interval == 0:
+                self.save()
+        bar.close()
+        if last_eval is None or (t.eval_interval and self.step % t.eval_interval):
+            last_eval = self.evaluate()
+        self.save()
+        return self.write_summary(last_eval)
+
+    def write_summary(self, eval_metrics: dict) -> dict:
+        summary = {"name": self.cfg.name, "task": self.cfg.task, "steps": self.step, "train_time_s": self.train_time,
+                   "s_per_step": self.train_time / max(self.step, 1), "nonfinite_steps": self.nonfinite,
+                   **count_parameters(self.model), "effective_depth": self.cfg.model.effective_depth,
+                   "metric": self.task.metric, "eval": eval_metrics, "device": str(self.device),
+                   "world_size": self.dist.world_size}
+        if self.dist.is_main:
+            tmp = self.run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, self.run_dir / "summary.json")  # written last: the run's completion marker
+        return summary
+
+
+def train(cfg: Config, run_dir: str | Path, **kw) -> dict:
+    """Library entry point: train ``cfg`` into ``run_dir`` and return its summary."""
+    return Trainer(cfg, run_dir, **kw).fit()
+
