@@ -11,9 +11,9 @@ import importlib
 from trmlab.errors import TrmError
 
 TASKS = {
-    "sudoku": "trmlab.tasks.puzzle:SudokuTask",
-    "maze": "trmlab.tasks.puzzle:MazeTask",
-    "arc": "trmlab.tasks.puzzle:ArcTask",
+    "sudoku": "trmlab.tasks.sudoku:SudokuTask",
+    "maze": "trmlab.tasks.maze:MazeTask",
+    "arc": "trmlab.tasks.arc:ArcTask",
     "lm": "trmlab.tasks.lm:LMTask",
     "latent": "trmlab.tasks.latent:LatentTask",
 }
