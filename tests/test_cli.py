@@ -1,0 +1,66 @@
+"""`trm` as a user runs it: one-line errors with exit code 2, train -> eval -> solve, and the demo."""
+
+import pytest
+
+from trmlab.cli import main
+from trmlab.data.sudoku import SudokuDataConfig, build_sudoku, load_puzzle_dataset, decode_tokens
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "sudoku", "model.n_lops=3"], "did you mean model.n_loops"),
+    (["train", "sudoku", "train.steps=many"], "expected int"),
+    (["train", "no-such-preset"], "unknown preset"),
+    (["eval", "/nonexistent/run"], "no checkpoint found"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_train_eval_solve_round_trip(capsys, tmp_path, tiny_overrides):
+    data = str(tmp_path / "data")
+    args = ["train", "sudoku", *tiny_overrides, "train.steps=2", "--runs-dir", str(tmp_path / "runs"),
+            "--data-root", data, "--name", "t", "--quiet"]
+    rc, out, _ = run(capsys, *args)
+    assert rc == 0 and "exact acc" in out
+    rc, _, err = run(capsys, *args)  # same name again: refused, nothing overwritten
+    assert rc == 2 and "already exists" in err
+
+    rc, out, _ = run(capsys, "eval", str(tmp_path / "runs" / "t"), "--data-root", data, "--json")
+    assert rc == 0 and '"exact_acc"' in out
+
+    splits, _ = load_puzzle_dataset(build_sudoku(SudokuDataConfig(n_train=64, n_test=16, min_blanks=20,
+                                                                  max_blanks=25), data))
+    split = splits["test"]
+    puzzle = "".join(str(d) for d in decode_tokens(split.inputs[0]))
+    rc, out, _ = run(capsys, "solve", str(tmp_path / "runs" / "t"), puzzle)
+    assert rc in (0, 1) and "supervision steps used" in out  # an untrained model may well be wrong
+
+    rc, _, err = run(capsys, "solve", str(tmp_path / "runs" / "t"), "12x" + "0" * 78)
+    assert rc == 2 and "position" in err
+
+
+def test_paper_preset_builds_and_trains_a_few_steps_on_cpu(capsys, tmp_path):
+    rc, out, _ = run(capsys, "info", "sudoku-paper")
+    assert rc == 0 and "effective depth 672" in out
+    rc, out, _ = run(capsys, "train", "sudoku-paper", "data.source=generate", "data.n_train=16", "data.n_test=4",
+                     "data.num_aug=1", "train.batch_size=4", "train.steps=2", "train.eval_interval=0",
+                     "train.ckpt_interval=0", "model.n_sup_inference=2", "--runs-dir", str(tmp_path),
+                     "--data-root", str(tmp_path / "data"), "--quiet")
+    assert rc == 0
+
+
+def test_demo_runs_end_to_end(capsys, tmp_path):
+    rc, out, _ = run(capsys, "demo", "--minutes", "0.02", "--runs-dir", str(tmp_path), "--data-root",
+                     str(tmp_path / "data"), "--quiet", "data.n_train=32", "data.n_test=8", "model.n_embd=32",
+                     "model.n_head=2", "train.batch_size=8")
+    assert rc == 0
+    assert "no recursion" in out and "with ACT halting" in out
+    assert len(list(tmp_path.glob("*/report.md"))) == 1

@@ -1,0 +1,130 @@
+"""The training loop: exact resume, checkpoints, refusal to clobber runs, non-finite steps, EMA, both modes."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trmlab.config import load_config
+from trmlab.errors import TrmError
+from trmlab.train.checkpoint import latest_checkpoint, load_checkpoint
+from trmlab.train.trainer import Trainer, supervision_weights, train
+
+
+def weights(run_dir):
+    return load_file(latest_checkpoint(run_dir) / "model.safetensors")
+
+
+@pytest.mark.parametrize("mode", ["per_step", "summed"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, data_root, tiny_overrides, mode):
+    extra = [f"train.supervision={mode}", "train.supervision_weight_base=3", "train.improvement_reward_scale=0.5"]
+    full = load_config("sudoku", tiny_overrides + extra + ["train.steps=6"])
+    train(full, tmp_path / "full", data_root=data_root, quiet=True)
+
+    first = load_config("sudoku", tiny_overrides + extra + ["train.steps=3"])
+    train(first, tmp_path / "split", data_root=data_root, quiet=True)
+    second = load_config("sudoku", tiny_overrides + extra + ["train.steps=6"])
+    train(second, tmp_path / "split", data_root=data_root, quiet=True, resume=True)
+
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = load_file(latest_checkpoint(tmp_path / "full") / "ema.safetensors")
+    ema_b = load_file(latest_checkpoint(tmp_path / "split") / "ema.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+             if "eval" not in l]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) == 6  # no duplicated records
+
+
+def test_run_writes_config_metrics_summary_and_checkpoint(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=2"])
+    summary = train(cfg, tmp_path / "run", data_root=data_root, quiet=True)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").exists() and (run / "metrics.jsonl").exists()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    ev = summary["eval"]
+    assert len(ev["exact_acc_per_step"]) == cfg.model.n_sup_inference
+    assert 0 <= ev["exact_acc"] <= 1 and 0 <= ev["cell_acc"] <= 1
+    ckpt = load_checkpoint(run)
+    assert ckpt.state["step"] == 2 and ckpt.ema is not None and ckpt.optimizers
+
+
+def test_existing_run_directory_is_refused(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=1"])
+    train(cfg, tmp_path / "run", data_root=data_root, quiet=True)
+    before = (tmp_path / "run" / "summary.json").read_text()
+    with pytest.raises(TrmError, match="already exists"):
+        Trainer(cfg, tmp_path / "run", data_root=data_root, quiet=True)
+    assert (tmp_path / "run" / "summary.json").read_text() == before
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, data_root, tiny_overrides):
+    train(load_config("sudoku", tiny_overrides + ["train.steps=1"]), tmp_path / "r", data_root=data_root, quiet=True)
+    other = load_config("sudoku", tiny_overrides + ["train.steps=2", "model.n_loops=1"])
+    with pytest.raises(TrmError, match="model config differs"):
+        Trainer(other, tmp_path / "r", data_root=data_root, quiet=True, resume=True)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data_root, tiny_overrides):
+    train(load_config("sudoku", tiny_overrides + ["train.steps=1"]), tmp_path / "r", data_root=data_root, quiet=True)
+    f = latest_checkpoint(tmp_path / "r") / "model.safetensors"
+    f.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(TrmError, match="corrupt or unreadable"):
+        load_checkpoint(tmp_path / "r")
+
+
+def test_nonfinite_loss_is_skipped_and_logged(tmp_path, data_root, tiny_overrides, monkeypatch):
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=3"])
+    trainer = Trainer(cfg, tmp_path / "r", data_root=data_root, quiet=True)
+    real = trainer.task.losses
+    calls = {"n": 0}
+
+    def flaky(out, batch, c):
+        loss, correct, m = real(out, batch, c)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), correct, m
+
+    monkeypatch.setattr(trainer.task, "losses", flaky)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()
+    after_one = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    record = trainer.train_step()  # the NaN step: no update
+    assert record.get("skipped_nonfinite")
+    assert all(torch.equal(after_one[k], v) for k, v in trainer.model.state_dict().items())
+    assert any(not torch.equal(before[k], after_one[k]) for k in before)
+    summary = trainer.fit()
+    assert summary["nonfinite_steps"] == 1 and summary["steps"] == 3
+
+
+def test_per_step_mode_replaces_samples_after_n_sup_train_steps(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["model.halting=none", "model.n_sup_train=2", "train.steps=4"])
+    trainer = Trainer(cfg, tmp_path / "r", data_root=data_root, quiet=True)
+    trainer.train_step()
+    first_inputs = trainer.carry["inputs"].clone()
+    assert trainer.carry["steps"].tolist() == [1] * 8 and not trainer.carry["halted"].any()
+    trainer.train_step()
+    assert torch.equal(trainer.carry["inputs"], first_inputs)  # same puzzles, second supervision step
+    assert trainer.carry["halted"].all()
+    trainer.train_step()
+    assert trainer.carry["steps"].tolist() == [1] * 8  # all replaced by fresh puzzles
+    assert not torch.equal(trainer.carry["inputs"], first_inputs)
+
+
+def test_evaluation_uses_the_ema_weights(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=2", "train.ema_decay=0.5"])
+    trainer = Trainer(cfg, tmp_path / "r", data_root=data_root, quiet=True)
+    trainer.train_step()
+    trainer.train_step()
+    assert trainer.eval_model() is trainer.ema.model
+    p = next(trainer.model.parameters())
+    q = next(trainer.ema.model.parameters())
+    assert not torch.equal(p, q)
+
+
+def test_summed_weights_grow_with_base():
+    w = supervision_weights(4, 5.0)
+    assert torch.isclose(w.sum(), torch.tensor(1.0)) and torch.isclose(w[-1] / w[0], torch.tensor(5.0))
+    assert torch.allclose(supervision_weights(3, 1.0), torch.full((3,), 1 / 3))
