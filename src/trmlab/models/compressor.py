@@ -144,8 +144,9 @@ class ReconstructionMetrics:
             raise TrmError(f"reconstruction shape {tuple(x_hat.shape)} != original {tuple(x.shape)}")
         if x.shape[-1] != self.d_model:
             raise TrmError(f"metrics were set up for hidden size {self.d_model}, got {x.shape[-1]}")
-        a = _flatten_masked(x, mask).to(torch.float64).cpu()
-        b = _flatten_masked(x_hat, mask).to(torch.float64).cpu()
+        # float64 sums on the inputs' device; only the small results move to the CPU
+        a = _flatten_masked(x, mask).detach().to(torch.float64)
+        b = _flatten_masked(x_hat, mask).detach().to(a.device, torch.float64)
         if a.shape[0] == 0:
             return
         diff = b - a
@@ -154,17 +155,10 @@ class ReconstructionMetrics:
         cos = (a * b).sum(-1) / (na * nb).clamp_min(1e-12)
         # two all-zero vectors are identical: count them as cos 1
         cos = torch.where((na == 0) & (nb == 0), torch.ones_like(cos), cos)
-        self._scalars += torch.stack(
-            [
-                torch.tensor(float(a.shape[0]), dtype=torch.float64),
-                (diff * diff).sum(),
-                cos.sum(),
-                (a * a).sum(),
-                (b * b).sum(),
-            ]
-        )
-        self._sum_x += a.sum(0)
-        self._sum_xh += b.sum(0)
+        n = torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device)
+        self._scalars += torch.stack([n, (diff * diff).sum(), cos.sum(), (a * a).sum(), (b * b).sum()]).cpu()
+        self._sum_x += a.sum(0).cpu()
+        self._sum_xh += b.sum(0).cpu()
 
     def state(self) -> torch.Tensor:
         return torch.cat([self._scalars, self._sum_x, self._sum_xh])
@@ -215,16 +209,22 @@ class CovarianceAccumulator:
     def __init__(self, d_model: int):
         self.d_model = int(d_model)
         self.n = 0
-        self.sum = torch.zeros(d_model, dtype=torch.float64)
-        self.outer = torch.zeros(d_model, d_model, dtype=torch.float64)
+        self.sum = None  # float64, on the device of the first batch
+        self.outer = None
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, mask: torch.Tensor | None = None, max_tokens: int | None = None) -> int:
         """Adds the real tokens (at most ``max_tokens`` in total); returns how many were added."""
-        a = _flatten_masked(x, mask).to(torch.float64).cpu()
+        if x.shape[-1] != self.d_model:
+            raise TrmError(f"PCA was set up for hidden size {self.d_model}, got {x.shape[-1]}")
+        a = _flatten_masked(x, mask).detach().to(torch.float64)
         if max_tokens is not None:
             a = a[: max(0, int(max_tokens) - self.n)]
         if a.shape[0]:
+            if self.sum is None:
+                self.sum = torch.zeros(self.d_model, dtype=torch.float64, device=a.device)
+                self.outer = torch.zeros(self.d_model, self.d_model, dtype=torch.float64, device=a.device)
+            a = a.to(self.sum.device)
             self.n += a.shape[0]
             self.sum += a.sum(0)
             self.outer += a.t() @ a
@@ -233,8 +233,8 @@ class CovarianceAccumulator:
     def fit(self) -> "PCA":
         if self.n < 2:
             raise TrmError(f"PCA needs at least 2 training tokens, got {self.n}")
-        mean = self.sum / self.n
-        cov = self.outer / self.n - torch.outer(mean, mean)
+        mean = self.sum.cpu() / self.n
+        cov = self.outer.cpu() / self.n - torch.outer(mean, mean)
         cov = 0.5 * (cov + cov.t())
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         order = torch.argsort(evals, descending=True)
@@ -252,10 +252,17 @@ class PCA:
     def reconstruct(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Optimal rank-k affine reconstruction of x [..., D]: mean + P_k (x - mean)."""
         k = max(0, min(int(k), self.components.shape[0]))
-        v = self.components[:k].to(x.device)
-        mu = self.mean.to(x.device)
+        v = self._on(x.device)[0][:k]
+        mu = self._on(x.device)[1]
         xc = x.to(torch.float64) - mu
         return ((xc @ v.t()) @ v + mu).to(x.dtype)
+
+    def _on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.__dict__.setdefault("_device_copies", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = (self.components.to(device), self.mean.to(device))
+        return cache[key]
 
     def explained_variance_ratio(self, k: int) -> float:
         total = float(self.explained_variance.sum())

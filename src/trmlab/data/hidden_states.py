@@ -1,0 +1,692 @@
+"""Hidden states of a causal LM, extracted once and streamed to sharded safetensors files (phase 1 data).
+
+Sources
+-------
+Anything that follows the small ``HiddenStateSource`` protocol can be a source::
+
+    source.hidden_size                      -> int (D)
+    source.encode(texts)                    -> (ids [B, L] long, mask [B, L] long), right-padded, <= max_seq_length
+    source.hidden_states(ids, mask, layer)  -> [B, L, D] float
+
+``HFHiddenStateSource`` implements it for any ``transformers`` causal LM (``AutoModelForCausalLM`` +
+``AutoTokenizer``, ``output_hidden_states``; ``layer`` indexes that tuple, so 0 = embeddings and -1 = the last
+layer, after the final norm). ``load_hidden_state_source(name)`` resolves a name: ``tiny-random`` (a tiny randomly
+initialised Llama built from a config with a local byte-level tokenizer: smoke runs, no download), a local
+directory, a Hugging Face hub name (needs network), or anything a loader registered with
+``register_source_loader`` accepts (the hook for trmlab's own language-model checkpoints).
+
+Cache layout
+------------
+``extract_hidden_states`` writes, into one directory::
+
+    manifest.json                  config (model, layer, max_seq_length, dtype, text source, ...), hidden_size,
+                                   finished shards, num_samples, complete
+    shard_00000.safetensors        hidden [N, L, D] (fp32 / bf16 / fp16), mask [N, L] (uint8, 1 = real token)
+    shard_00000.json               written after its shard: the per-shard "finished" record
+    ...
+
+Every file is written to a temporary name and renamed. Rerunning skips the shards already recorded, without
+loading the source model when nothing is left to do. Several processes (``process_index`` / ``num_processes``)
+can extract disjoint shards of the same cache; ``finalize_manifest`` then writes the complete manifest.
+
+Text sources
+------------
+``iter_texts(source, stage)``: stage ``1a`` is a general corpus — ``fineweb-edu`` (= ``HuggingFaceFW/fineweb-edu``,
+needs network), a local file/directory (.txt/.jsonl/.parquet, see ``trmlab.data.corpus``), any HF dataset name, or
+``synthetic`` (the project's offline synthetic corpus). Stage ``1b`` is thinking / chain-of-thought text — a dataset
+or local JSONL with a text field, or ``synthetic`` = ``synthetic-cot``: offline arithmetic problems whose worked
+steps are wrapped in ``<think>...</think>`` (a stand-in for real CoT trajectories, good for tests and smoke runs).
+``auto`` picks fineweb-edu for 1a when the hub is reachable, otherwise (and always for 1b) the synthetic corpus,
+and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
+
+import torch
+
+from trmlab.errors import TrmError
+
+FORMAT = "trmlab.hidden_states/1"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
+TINY_RANDOM = "tiny-random"
+TEXT_SOURCE_ALIASES = {"fineweb-edu": FINEWEB_EDU, "fineweb_edu": FINEWEB_EDU}
+
+
+def canonical_dtype(name: str) -> str:
+    key = DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in DTYPES:
+        raise TrmError(f"unknown dtype {name!r} (use fp32, bf16 or fp16)")
+    return key
+
+
+# --------------------------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached (fast: one TCP connect, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connect says nothing; let the real request decide
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    port = 443 if endpoint.startswith("https") else 80
+    if ":" in host:
+        host, _, p = host.partition(":")
+        port = int(p)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------- protocol
+
+
+@runtime_checkable
+class HiddenStateSource(Protocol):
+    """Anything that maps texts to token ids and token ids to hidden states."""
+
+    hidden_size: int
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor, layer: int = -1) -> torch.Tensor: ...
+
+
+class HFHiddenStateSource:
+    """A ``transformers`` causal LM as a hidden-state source."""
+
+    def __init__(self, model, tokenizer, name: str = "model", max_seq_length: int = 512, device=None):
+        self.name = name
+        self.max_seq_length = int(max_seq_length)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        if getattr(tokenizer, "pad_token_id", None) is None:
+            if getattr(tokenizer, "eos_token", None) is None:
+                raise TrmError(f"tokenizer of {name} has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        cfg = model.config
+        self.hidden_size = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "d_model"))
+        self.num_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 0) or 0)
+
+    @classmethod
+    def from_pretrained(cls, name: str, max_seq_length: int = 512, device=None, torch_dtype=None,
+                        trust_remote_code: bool = False) -> "HFHiddenStateSource":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        local = Path(name).expanduser().exists()
+        if not local and not hub_reachable():
+            raise TrmError(f"cannot load model {name}: not a local path and no network")
+        kw = {"trust_remote_code": trust_remote_code}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype or torch.float32, **kw)
+        except TrmError:
+            raise
+        except Exception as e:  # missing repo, gated, corrupt files: one line for the user
+            where = "local path" if local else "hub model"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrmError(f"cannot load model {name} ({where}): {msg}") from None
+        return cls(model, tokenizer, name=name, max_seq_length=max_seq_length, device=device)
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length, padding="longest",
+                             return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+
+    def check_layer(self, layer: int) -> int:
+        n = self.num_layers
+        if n and not -(n + 1) <= int(layer) <= n:
+            raise TrmError(f"--layer {layer} out of range for {self.name} ({n} layers: use -{n + 1}..{n})")
+        return int(layer)
+
+    @torch.no_grad()
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        self.check_layer(layer)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # the base model gives the same hidden_states tuple without the [B, L, vocab] logits
+        base = getattr(self.model, "base_model", None) or self.model
+        out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        return out.hidden_states[layer]
+
+
+# ----------------------------------------------------------------------------------- tiny random model (offline)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable unicode map (what byte-level BPE vocabularies are written in)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + <pad> <s> </s>, no merges) built locally: no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    b2u = _bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    for tok in ("<pad>", "<s>", "</s>"):
+        vocab[tok] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                      special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def build_tiny_random_model(hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                            max_position_embeddings: int = 2048, seed: int = 0):
+    """(model, tokenizer): a randomly initialised Llama from a config plus the byte tokenizer. Deterministic in
+    ``seed``, so every process and every rerun gets the same "model"."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    cpu_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(cpu_state)
+    return model.eval(), tokenizer
+
+
+def save_tiny_random_model(path: str | Path, **kw) -> Path:
+    """Writes a tiny random Llama + byte tokenizer with ``save_pretrained`` (loadable by ``from_pretrained``)."""
+    model, tokenizer = build_tiny_random_model(**kw)
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+_SOURCE_LOADERS: list[Callable[..., "HiddenStateSource | None"]] = []
+
+
+def register_source_loader(loader: Callable[..., "HiddenStateSource | None"]) -> None:
+    """Adds a loader tried before transformers: ``loader(name, max_seq_length=..., device=...)`` returns a
+    ``HiddenStateSource`` for names it recognises (e.g. a trmlab LM checkpoint) and ``None`` otherwise."""
+    _SOURCE_LOADERS.insert(0, loader)
+
+
+def load_hidden_state_source(name: str, max_seq_length: int = 512, device=None, torch_dtype=None) -> HiddenStateSource:
+    """``tiny-random`` | a registered source | a local HF model directory | a hub name (needs network)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == TINY_RANDOM:
+        model, tokenizer = build_tiny_random_model(max_position_embeddings=max(2048, int(max_seq_length)))
+        return HFHiddenStateSource(model, tokenizer, name=TINY_RANDOM, max_seq_length=max_seq_length, device=device)
+    for loader in _SOURCE_LOADERS:
+        src = loader(name, max_seq_length=max_seq_length, device=device)
+        if src is not None:
+            return src
+    return HFHiddenStateSource.from_pretrained(name, max_seq_length=max_seq_length, device=device,
+                                               torch_dtype=torch_dtype)
+
+
+# ------------------------------------------------------------------------------------------------ text sources
+
+
+def generate_cot_corpus(n_docs: int, seed: int = 0) -> list[str]:
+    """SYNTHETIC stand-in for thinking trajectories: arithmetic word problems whose worked steps are wrapped in
+    ``<think>...</think>`` before the answer. Deterministic in ``seed``; document i does not depend on n_docs."""
+    return [_cot_document(i, seed) for i in range(int(n_docs))]
+
+
+_COT_NAMES = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kira", "Luis"]
+_COT_ITEMS = ["apples", "books", "coins", "marbles", "pencils", "stamps", "shells", "cards", "cookies", "bolts"]
+
+
+def _cot_document(index: int, seed: int) -> str:
+    rng = random.Random(f"trmlab-cot:{seed}:{index}")
+    name, item = rng.choice(_COT_NAMES), rng.choice(_COT_ITEMS)
+    kind = rng.randrange(3)
+    if kind == 0:
+        a, b, c = rng.randint(2, 60), rng.randint(2, 40), rng.randint(2, 9)
+        total = (a + b) * c
+        q = (f"{name} has {a} {item} and buys {b} more. Then {name} gets {c} times as many. "
+             f"How many {item} does {name} have?")
+        steps = [f"{name} starts with {a} {item}.", f"After buying {b} more: {a} + {b} = {a + b}.",
+                 f"{c} times as many: {a + b} * {c} = {total}.", f"So the answer is {total}."]
+    elif kind == 1:
+        a, b = rng.randint(20, 200), rng.randint(2, 12)
+        q_, r = divmod(a, b)
+        total = q_
+        q = f"{name} shares {a} {item} equally among {b} friends. How many does each friend get, and how many are left?"
+        steps = [f"Divide {a} by {b}.", f"{b} * {q_} = {b * q_}, which is at most {a}.",
+                 f"{a} - {b * q_} = {r} left over.", f"Each friend gets {q_} and {r} are left."]
+    else:
+        xs = [rng.randint(1, 99) for _ in range(rng.randint(3, 6))]
+        steps, acc = [], 0
+        for x in xs:
+            steps.append(f"{acc} + {x} = {acc + x}.")
+            acc += x
+        total = acc
+        q = f"{name} counts {item} in boxes of " + ", ".join(map(str, xs)) + f". How many {item} in total?"
+        steps.append(f"The total is {total}.")
+    return f"Question: {q}\n<think>\n" + "\n".join(steps) + f"\n</think>\nAnswer: {total}\n"
+
+
+def _general_synthetic(n_docs: int, seed: int) -> list[str]:
+    try:
+        from trmlab.data.corpus import generate_corpus
+    except ImportError:  # the corpus module is optional: a minimal fallback keeps phase 1 usable
+        rng = random.Random(f"trmlab-general:{seed}")
+        words = ("the a river city small old bright school teacher learns builds reads quickly history science "
+                 "light water energy student map tree stone market number").split()
+        return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) + "." for _ in range(n_docs)]
+    return generate_corpus(n_docs, seed)
+
+
+def _iter_local_or_hf(source: str, text_field: str) -> Iterator[str]:
+    try:
+        from trmlab.data.corpus import iter_documents
+    except ImportError:
+        iter_documents = _fallback_iter_documents
+    return iter_documents(source, text_field)
+
+
+def _fallback_iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
+    path = Path(source).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if f.suffix == ".jsonl":
+            for line in f.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if text_field not in row:
+                        raise TrmError(f"{f}: no {text_field!r} field")
+                    yield row[text_field]
+        elif f.suffix == ".txt":
+            yield f.read_text(encoding="utf-8", errors="replace")
+
+
+def resolve_text_source(source: str | None, stage: str, log: Callable[[str], None] = print) -> str:
+    """Maps ``auto``/None and aliases to a concrete source: a hub dataset name, a local path, ``synthetic`` or
+    ``synthetic-cot``. Never downloads anything."""
+    stage = str(stage)
+    src = (source or "auto").strip()
+    if src == "auto":
+        if stage == "1a":
+            if hub_reachable():
+                return FINEWEB_EDU
+            log("no network: stage 1a uses the offline synthetic corpus instead of fineweb-edu "
+                "(pass --text_source PATH for a local corpus)")
+            return "synthetic"
+        log("stage 1b: using the offline SYNTHETIC chain-of-thought corpus (arithmetic with <think> steps) as a "
+            "stand-in; pass --text_source NAME_OR_JSONL --text_field FIELD for real thinking trajectories")
+        return "synthetic-cot"
+    if src == "synthetic":
+        return "synthetic-cot" if stage == "1b" else "synthetic"
+    return TEXT_SOURCE_ALIASES.get(src, src)
+
+
+def iter_texts(source: str, stage: str = "1a", text_field: str = "text", num_samples: int | None = None,
+               seed: int = 0, log: Callable[[str], None] = print) -> Iterator[str]:
+    """Up to ``num_samples`` non-empty texts from ``source`` (see the module docstring). The source is resolved,
+    checked and its first document read eagerly, so a missing, unreachable or empty source raises ``TrmError`` here
+    rather than halfway through an extraction."""
+    src = resolve_text_source(source, stage, log)
+    n = None if num_samples is None else int(num_samples)
+    if n is not None and n <= 0:
+        raise TrmError(f"num_samples must be positive, got {num_samples}")
+    if src in ("synthetic", "synthetic-cot"):
+        if n is None:
+            raise TrmError("the synthetic corpora need num_samples")
+        docs: Iterable[str] = generate_cot_corpus(n, seed) if src == "synthetic-cot" else _general_synthetic(n, seed)
+    else:
+        if not Path(src).expanduser().exists():
+            if src.startswith(("/", ".", "~")) or src.endswith((".txt", ".jsonl", ".json", ".parquet")):
+                raise TrmError(f"text source {src} does not exist")
+            if not hub_reachable():
+                raise TrmError(f"cannot load text source {source} ({src}): not a local path and no network")
+        docs = _iter_local_or_hf(src, text_field)
+
+    def nonempty() -> Iterator[str]:
+        try:
+            for doc in docs:
+                if isinstance(doc, str) and doc.strip():
+                    yield doc
+        except TrmError as e:
+            if "no documents" in str(e):
+                return
+            raise
+
+    it = nonempty()
+    first = next(it, None)
+    if first is None:
+        raise TrmError(f"text source {source} is empty")
+
+    def limited() -> Iterator[str]:
+        yield first
+        count = 1
+        for doc in it:
+            if n is not None and count >= n:
+                break
+            count += 1
+            yield doc
+
+    return limited()
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+
+
+def cache_key(config: dict) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}.safetensors"
+
+
+def _record_name(i: int) -> str:
+    return f"shard_{i:05d}.json"
+
+
+def read_manifest(out_dir: str | Path) -> dict | None:
+    p = Path(out_dir) / "manifest.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise TrmError(f"{p} is not valid JSON (delete the directory to re-extract)") from None
+
+
+def _finished_shards(out_dir: Path) -> dict[int, dict]:
+    done = {}
+    for rec in out_dir.glob("shard_*.json"):
+        try:
+            i = int(rec.stem.split("_")[1])
+            info = json.loads(rec.read_text())
+        except (ValueError, json.JSONDecodeError):
+            continue
+        if (out_dir / shard_name(i)).exists():
+            done[i] = info
+    return done
+
+
+def _check_config(out_dir: Path, config: dict) -> dict | None:
+    man = read_manifest(out_dir)
+    if man is not None and man.get("config") != config:
+        diff = sorted(k for k in set(man.get("config", {})) | set(config)
+                      if man.get("config", {}).get(k) != config.get(k))
+        raise TrmError(f"hidden-state cache {out_dir} was extracted with other settings ({', '.join(diff)}); "
+                       f"use another directory")
+    return man
+
+
+def finalize_manifest(out_dir: str | Path, config: dict, total_samples: int, shard_size: int,
+                      hidden_size: int | None = None) -> dict:
+    """Writes manifest.json listing all shards of a finished extraction of ``total_samples`` texts."""
+    out_dir = Path(out_dir)
+    done = _finished_shards(out_dir)
+    n_shards = -(-int(total_samples) // int(shard_size))
+    missing = [i for i in range(n_shards) if i not in done]
+    if missing:
+        raise TrmError(f"hidden-state cache {out_dir} is missing shards {missing[:5]}; rerun to resume")
+    shards = [dict(done[i], file=shard_name(i)) for i in range(n_shards)]
+    if hidden_size is None:
+        hidden_size = shards[0]["hidden_size"] if shards else None
+    man = {"format": FORMAT, "config": config, "hidden_size": hidden_size, "shard_size": int(shard_size),
+           "shards": shards, "num_samples": sum(s["num_samples"] for s in shards),
+           "num_tokens": sum(s["num_tokens"] for s in shards), "complete": True}
+    atomic_write_json(out_dir / "manifest.json", man)
+    return man
+
+
+def extract_hidden_states(
+    source: HiddenStateSource | Callable[[], HiddenStateSource],
+    texts: Iterable[str],
+    out_dir: str | Path,
+    *,
+    layer: int = -1,
+    batch_size: int = 8,
+    shard_size: int = 64,
+    dtype: str = "fp32",
+    num_samples: int | None = None,
+    config: dict | None = None,
+    progress: bool = True,
+    process_index: int = 0,
+    num_processes: int = 1,
+    finalize: bool | None = None,
+) -> dict:
+    """Streams ``texts`` through ``source`` and writes shards of hidden states to ``out_dir`` (resumable).
+
+    ``source`` may be a zero-argument factory, called only if some shard still has to be computed. With several
+    processes, process p computes shards i with i % num_processes == p; call ``finalize_manifest`` on one process
+    after all are done (``finalize`` defaults to True for a single process). Returns a summary dict
+    (``num_samples`` = texts seen, ``computed`` / ``skipped`` shard indices, ``hidden_size``, and ``manifest``
+    once finalized).
+    """
+    from tqdm.auto import tqdm
+
+    dtype = canonical_dtype(dtype)
+    if int(shard_size) <= 0 or int(batch_size) <= 0:
+        raise TrmError("shard_size and batch_size must be positive")
+    out_dir = Path(out_dir)
+    config = dict(config or {})
+    config.setdefault("layer", int(layer))
+    config.setdefault("dtype", dtype)
+    config.setdefault("shard_size", int(shard_size))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    man = _check_config(out_dir, config)
+    if finalize is None:
+        finalize = num_processes == 1
+    if man is not None and man.get("complete"):
+        return {"num_samples": man["num_samples"], "computed": [], "skipped": list(range(len(man["shards"]))),
+                "hidden_size": man["hidden_size"], "manifest": man}
+    if man is None and process_index == 0:  # record the settings up front (an incomplete manifest)
+        atomic_write_json(out_dir / "manifest.json", {"format": FORMAT, "config": config, "hidden_size": None,
+                                                      "shard_size": int(shard_size), "shards": [], "complete": False})
+    done = _finished_shards(out_dir)
+    state = {"source": None, "hidden_size": next((d.get("hidden_size") for d in done.values()), None)}
+
+    def get_source() -> HiddenStateSource:
+        if state["source"] is None:
+            src = source if isinstance(source, HiddenStateSource) else source()
+            if hasattr(src, "check_layer"):
+                src.check_layer(layer)
+            state["source"] = src
+            state["hidden_size"] = int(src.hidden_size)
+        return state["source"]
+
+    computed, skipped = [], []
+    bar = tqdm(total=num_samples, desc=f"hidden states -> {out_dir.name}", unit="text",
+               disable=not progress or process_index != 0, dynamic_ncols=True)
+
+    def flush(idx: int, buf: list[str]) -> None:
+        src = get_source()
+        hs, ms = [], []
+        for b in range(0, len(buf), int(batch_size)):
+            ids, mask = src.encode(buf[b : b + int(batch_size)])
+            h = src.hidden_states(ids, mask, layer)
+            hs.append(h.to("cpu", DTYPES[dtype]))
+            ms.append(mask.to("cpu", torch.uint8))
+            bar.update(len(buf[b : b + int(batch_size)]))
+        length = max(h.shape[1] for h in hs)
+        d = hs[0].shape[-1]
+        hidden = torch.zeros(len(buf), length, d, dtype=DTYPES[dtype])
+        mask = torch.zeros(len(buf), length, dtype=torch.uint8)
+        row = 0
+        for h, m in zip(hs, ms):
+            hidden[row : row + h.shape[0], : h.shape[1]] = h
+            mask[row : row + m.shape[0], : m.shape[1]] = m
+            row += h.shape[0]
+        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)  # padding positions hold zeros, not model output
+        atomic_save_safetensors(out_dir / shard_name(idx), {"hidden": hidden, "mask": mask},
+                                metadata={"format": FORMAT, "layer": str(layer), "dtype": dtype})
+        info = {"num_samples": len(buf), "num_tokens": int(mask.sum()), "max_length": int(length),
+                "hidden_size": int(d), "dtype": dtype}
+        atomic_write_json(out_dir / _record_name(idx), info)
+        done[idx] = info
+        computed.append(idx)
+
+    total, buf, current = 0, [], 0
+    try:
+        for text in texts:
+            if num_samples is not None and total >= int(num_samples):
+                break
+            idx = total // int(shard_size)
+            if idx != current:
+                if buf:
+                    flush(current, buf)
+                buf, current = [], idx
+            total += 1
+            if idx in done:
+                if idx not in skipped:
+                    skipped.append(idx)
+                if process_index == 0:
+                    bar.update(1)
+                continue
+            if idx % int(num_processes) != int(process_index):
+                if process_index == 0:
+                    bar.update(1)
+                continue
+            buf.append(text)
+        if buf:
+            flush(current, buf)
+    finally:
+        bar.close()
+    if total == 0:
+        raise TrmError("text source is empty: nothing to extract")
+    summary = {"num_samples": total, "computed": computed, "skipped": skipped, "hidden_size": state["hidden_size"]}
+    if finalize:
+        summary["manifest"] = finalize_manifest(out_dir, config, total, shard_size, state["hidden_size"])
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+class HiddenStateCache:
+    """Read access to a finished extraction: ``get(indices) -> (hidden fp32 [B, L, D], mask [B, L] bool)``."""
+
+    def __init__(self, out_dir: str | Path, keep_shards: int = 2):
+        self.dir = Path(out_dir)
+        man = read_manifest(self.dir)
+        if man is None or not man.get("complete"):
+            raise TrmError(f"{self.dir} holds no finished hidden-state extraction (no complete manifest.json)")
+        self.manifest = man
+        self.hidden_size = int(man["hidden_size"])
+        self.shard_size = int(man["shard_size"])
+        self.shards = man["shards"]
+        self.num_samples = int(man["num_samples"])
+        self.keep_shards = max(1, int(keep_shards))
+        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+        self._order: list[int] = []
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def shard_of(self, index: int) -> int:
+        return int(index) // self.shard_size
+
+    def _shard(self, i: int) -> dict[str, torch.Tensor]:
+        if i not in self._loaded:
+            from safetensors.torch import load_file
+
+            self._loaded[i] = load_file(str(self.dir / self.shards[i]["file"]))
+            self._order.append(i)
+            while len(self._order) > self.keep_shards:
+                self._loaded.pop(self._order.pop(0), None)
+        return self._loaded[i]
+
+    def get(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for idx in indices:
+            idx = int(idx)
+            if not 0 <= idx < self.num_samples:
+                raise IndexError(idx)
+            s = self._shard(self.shard_of(idx))
+            r = idx - self.shard_of(idx) * self.shard_size
+            m = s["mask"][r].bool()
+            n = int(m.nonzero().max()) + 1 if m.any() else 0
+            rows.append((s["hidden"][r, :n], m[:n]))
+        length = max(1, max(h.shape[0] for h, _ in rows))
+        hidden = torch.zeros(len(rows), length, self.hidden_size, dtype=torch.float32)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for j, (h, m) in enumerate(rows):
+            hidden[j, : h.shape[0]] = h.float()
+            mask[j, : m.shape[0]] = m
+        return hidden, mask
+
+    def iter_batches(self, indices, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = list(indices)
+        for b in range(0, len(indices), int(batch_size)):
+            yield self.get(indices[b : b + int(batch_size)])
+
+
+def log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+__all__ = [
+    "HiddenStateSource",
+    "HFHiddenStateSource",
+    "HiddenStateCache",
+    "build_byte_tokenizer",
+    "build_tiny_random_model",
+    "save_tiny_random_model",
+    "register_source_loader",
+    "load_hidden_state_source",
+    "generate_cot_corpus",
+    "resolve_text_source",
+    "iter_texts",
+    "extract_hidden_states",
+    "finalize_manifest",
+    "read_manifest",
+    "hub_reachable",
+    "cache_key",
+    "atomic_write_json",
+    "atomic_save_safetensors",
+]
