@@ -111,20 +111,33 @@ class RecursiveModel(nn.Module):
         sample simply keeps the answer it had when it halted.
         """
         n_sup = n_sup or self.cfg.n_sup_inference
-        carry, answer, steps, done = None, None, None, None
-        for k in range(n_sup):
+        carry, tracker = None, HaltTracker(n_sup)
+        for _ in range(n_sup):
             out = self.step(batch, carry)
-            carry, pred = out.carry, out.logits.argmax(-1)
-            if answer is None:
-                answer = pred
-                steps = torch.full(pred.shape[:1], n_sup, device=pred.device)
-                done = torch.zeros(pred.shape[:1], dtype=torch.bool, device=pred.device)
-            answer = torch.where(done.unsqueeze(-1), answer, pred)
-            if halt:
-                newly = ~done & (out.q_logit > 0)
-                steps = torch.where(newly, torch.full_like(steps, k + 1), steps)
-                done = done | newly
-        return answer, steps
+            carry = out.carry
+            tracker.update(out.logits.argmax(-1), out.q_logit if halt else None)
+        return tracker.answer, tracker.steps
+
+
+class HaltTracker:
+    """ACT at inference: each sample keeps the answer of the step where its Q-head first said halt (q > 0),
+    or of the last step if it never did, and records how many supervision steps it used."""
+
+    def __init__(self, n_sup: int):
+        self.n_sup, self.k = n_sup, 0
+        self.answer = self.steps = self.done = None
+
+    def update(self, pred: torch.Tensor, q_logit: torch.Tensor | None):
+        if self.answer is None:
+            self.answer = pred.clone()
+            self.steps = torch.full(pred.shape[:1], self.n_sup, device=pred.device)
+            self.done = torch.zeros(pred.shape[:1], dtype=torch.bool, device=pred.device)
+        self.k += 1
+        self.answer = torch.where(self.done.view(-1, *[1] * (pred.dim() - 1)), self.answer, pred)
+        if q_logit is not None:
+            newly = ~self.done & (q_logit > 0)
+            self.steps = torch.where(newly, torch.full_like(self.steps, self.k), self.steps)
+            self.done = self.done | newly
 
 
 def count_parameters(model: nn.Module) -> dict:

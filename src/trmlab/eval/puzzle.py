@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from trmlab.data.puzzles import PuzzleSplit
+from trmlab.recursion import HaltTracker
 
 
 @dataclass
@@ -49,25 +50,18 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
         labels = torch.from_numpy(split.labels[idx].astype(np.int64)).to(device)
         valid = labels != 0
         total_cells += int(valid.sum())
-        carry, done = None, torch.zeros(len(idx), dtype=torch.bool, device=device)
-        answer = steps = None
+        carry, tracker = None, HaltTracker(n_sup)
         for k in range(n_sup):
             out = model.step(batch, carry)
             carry, pred = out.carry, out.logits.argmax(-1)
-            hit = (pred == labels) | ~valid
-            exact[k] += float(hit.all(-1).sum())
+            exact[k] += float(((pred == labels) | ~valid).all(-1).sum())
             cells[k] += float(((pred == labels) & valid).sum())
-            if answer is None:
-                answer, steps = pred.clone(), torch.full((len(idx),), n_sup, device=device)
-            answer = torch.where(done.unsqueeze(-1), answer, pred)
-            newly = ~done & (out.q_logit > 0)
-            steps = torch.where(newly, torch.full_like(steps, k + 1), steps)
-            done |= newly
-        halted_exact += int((((answer == labels) | ~valid).all(-1)).sum())
+            tracker.update(pred, out.q_logit)
+        halted_exact += int((((tracker.answer == labels) | ~valid).all(-1)).sum())
         preds.append(pred.cpu().numpy())
-        halted_preds.append(answer.cpu().numpy())
+        halted_preds.append(tracker.answer.cpu().numpy())
         qs.append(out.q_logit.float().cpu().numpy())
-        steps_used.append(steps.cpu().numpy())
+        steps_used.append(tracker.steps.cpu().numpy())
     model.train(was_training)
     return PuzzleEval(exact / max(n, 1), cells / max(total_cells, 1), halted_exact / max(n, 1),
                       float(np.concatenate(steps_used).mean()) if steps_used else 0.0,
