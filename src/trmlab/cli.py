@@ -1,7 +1,9 @@
 """`trm`: the one command-line front door. Each verb is a thin function over the library.
 
-Every verb lives in a module that defines ``<verb>_arguments(parser)`` and ``<verb>(args)``; ``COMMANDS`` maps
-the verb to "module:function". Bad input raises TrmError, printed here on one line with exit code 2.
+Every verb lives in a module that defines ``<function>_arguments(parser)`` and ``<function>(args)``; ``COMMANDS``
+maps the verb to "module:function" (or to "module" alone for a module with ``add_arguments`` and ``run``, such as
+``trmlab.compress``, which is also runnable as ``python -m``). Bad input raises TrmError, printed here on one line
+with exit code 2.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ COMMANDS = {
     "solve": ("trmlab.commands:solve", "solve one puzzle with a trained checkpoint"),
     "presets": ("trmlab.commands:presets", "list the presets"),
     "info": ("trmlab.commands:info", "build a preset's model and print its size and effective depth"),
+    "compress": ("trmlab.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),
 }
 
 
 def _load(spec: str):
+    if ":" not in spec:
+        mod = importlib.import_module(spec)
+        return mod.add_arguments, mod.run
     module, func = spec.split(":")
     mod = importlib.import_module(module)
     return getattr(mod, f"{func}_arguments"), getattr(mod, func)
