@@ -64,9 +64,10 @@ def print_eval(metrics: dict, title: str = ""):
         print(title)
     per_step = metrics.get("exact_acc_per_step")
     if per_step:
-        print(f"{'sup step':>8}  {'exact acc':>9}  {'cell acc':>8}")
-        for k, (e, c) in enumerate(zip(per_step, metrics.get("cell_acc_per_step", [])), 1):
-            print(f"{k:>8}  {e:>9.4f}  {c:>8.4f}")
+        print(f"{'sup step':>8}  {'exact acc':>9}  {'cell acc':>8}  {'blank acc':>9}")
+        rows = zip(per_step, metrics.get("cell_acc_per_step", []), metrics.get("fill_acc_per_step", []))
+        for k, (e, c, f) in enumerate(rows, 1):
+            print(f"{k:>8}  {e:>9.4f}  {c:>8.4f}  {f:>9.4f}")
     for k, v in metrics.items():
         if not isinstance(v, (list, dict)):
             print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")

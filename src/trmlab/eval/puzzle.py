@@ -15,6 +15,7 @@ from trmlab.recursion import HaltTracker
 class PuzzleEval:
     exact_per_step: np.ndarray   # [n_sup] fraction of puzzles entirely right after step k+1
     cell_per_step: np.ndarray    # [n_sup] fraction of labelled cells right after step k+1
+    fill_per_step: np.ndarray    # [n_sup] the same over cells whose answer differs from the input (the blanks)
     exact_halted: float          # answer taken where the Q-head first says halt (else the last step)
     mean_steps_halted: float     # supervision steps used under ACT halting
     predictions: np.ndarray      # [N, L] final-step answer tokens
@@ -26,6 +27,8 @@ class PuzzleEval:
         return {"exact_acc": float(self.exact_per_step[-1]), "cell_acc": float(self.cell_per_step[-1]),
                 "exact_acc_per_step": [round(float(v), 5) for v in self.exact_per_step],
                 "cell_acc_per_step": [round(float(v), 5) for v in self.cell_per_step],
+                "fill_acc": float(self.fill_per_step[-1]),
+                "fill_acc_per_step": [round(float(v), 5) for v in self.fill_per_step],
                 "exact_acc_act": self.exact_halted, "mean_steps_act": self.mean_steps_halted,
                 "n_sup_inference": n, "eval_samples": int(len(self.predictions))}
 
@@ -38,8 +41,8 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
     batch_size = batch_size or max(cfg.train.batch_size, 64)
     n_sup = cfg.model.n_sup_inference
     exact = np.zeros(n_sup)
-    cells = np.zeros(n_sup)
-    total_cells = 0
+    cells, fills = np.zeros(n_sup), np.zeros(n_sup)
+    total_cells = total_fills = 0
     preds, halted_preds, qs, steps_used, halted_exact = [], [], [], [], 0
     was_training = model.training
     model.eval()
@@ -49,13 +52,16 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
                  "puzzle_ids": torch.from_numpy(split.puzzle_ids[idx].astype(np.int64)).to(device)}
         labels = torch.from_numpy(split.labels[idx].astype(np.int64)).to(device)
         valid = labels != 0
+        to_fill = valid & (labels != batch["inputs"])  # givens are copied; the blanks are the real work
         total_cells += int(valid.sum())
+        total_fills += int(to_fill.sum())
         carry, tracker = None, HaltTracker(n_sup)
         for k in range(n_sup):
             out = model.step(batch, carry)
             carry, pred = out.carry, out.logits.argmax(-1)
             exact[k] += float(((pred == labels) | ~valid).all(-1).sum())
             cells[k] += float(((pred == labels) & valid).sum())
+            fills[k] += float(((pred == labels) & to_fill).sum())
             tracker.update(pred, out.q_logit)
         halted_exact += int((((tracker.answer == labels) | ~valid).all(-1)).sum())
         preds.append(pred.cpu().numpy())
@@ -63,7 +69,8 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
         qs.append(out.q_logit.float().cpu().numpy())
         steps_used.append(tracker.steps.cpu().numpy())
     model.train(was_training)
-    return PuzzleEval(exact / max(n, 1), cells / max(total_cells, 1), halted_exact / max(n, 1),
+    return PuzzleEval(exact / max(n, 1), cells / max(total_cells, 1), fills / max(total_fills, 1),
+                      halted_exact / max(n, 1),
                       float(np.concatenate(steps_used).mean()) if steps_used else 0.0,
                       np.concatenate(preds) if preds else np.zeros((0, split.inputs.shape[1]), np.int64),
                       np.concatenate(halted_preds) if preds else np.zeros((0, split.inputs.shape[1]), np.int64),
