@@ -61,6 +61,8 @@ class ModelConfig:
     causal: bool = False
     puzzle_emb_len: int = 0          # prefix tokens carrying the puzzle-identifier embedding (the paper: 16)
     num_puzzle_ids: int = 0          # 0 = take it from the dataset
+    puzzle_emb_ndim: int = 0         # numbers stored per puzzle id; 0 = puzzle_emb_len x n_embd. The paper stores
+                                     # n_embd (512) and zero-pads them to the prefix: 16x smaller ARC table
     # The recursion engine (DESIGN.md). n_loops = the paper's n (L_cycles), T_recursion = T (H_cycles).
     n_loops: int = 6
     T_recursion: int = 3

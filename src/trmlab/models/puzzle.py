@@ -6,7 +6,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from trmlab.errors import TrmError
 from trmlab.nn.block import ReasoningCore
 from trmlab.recursion import RecursiveModel, lecun_init_
 
@@ -15,7 +17,9 @@ class PuzzleEmbedding(nn.Module):
     """Token embedding scaled by sqrt(hidden), an optional learned position table, and the puzzle-id prefix.
 
     The puzzle-identifier embedding (``puzzle_emb``) gives each puzzle (ARC: each task x augmentation) its own
-    ``puzzle_emb_len`` prefix vectors, zero-initialised and trained with their own learning rate.
+    ``puzzle_emb_len`` prefix vectors, zero-initialised and trained with their own learning rate. With
+    ``puzzle_emb_ndim`` < puzzle_emb_len x n_embd (the paper: n_embd) each id stores only that many numbers and the
+    rest of the prefix is zero padding, as the official code does.
     """
 
     def __init__(self, cfg):
@@ -26,7 +30,10 @@ class PuzzleEmbedding(nn.Module):
         nn.init.trunc_normal_(self.tokens.weight, std=1 / self.scale, a=-2 / self.scale, b=2 / self.scale)
         self.prefix_len = cfg.puzzle_emb_len
         if self.prefix_len:
-            self.puzzle_emb = nn.Embedding(max(cfg.num_puzzle_ids, 1), self.prefix_len * d)
+            ndim = cfg.puzzle_emb_ndim or self.prefix_len * d
+            if ndim > self.prefix_len * d:
+                raise TrmError(f"model.puzzle_emb_ndim={ndim} exceeds puzzle_emb_len x n_embd = {self.prefix_len * d}")
+            self.puzzle_emb = nn.Embedding(max(cfg.num_puzzle_ids, 1), ndim)
             nn.init.zeros_(self.puzzle_emb.weight)
         self.pos = None
         if cfg.pos_encoding == "learned":
@@ -35,7 +42,9 @@ class PuzzleEmbedding(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         x = self.tokens(batch["inputs"]) * self.scale
         if self.prefix_len:
-            prefix = self.puzzle_emb(batch["puzzle_ids"]).view(x.shape[0], self.prefix_len, -1)
+            prefix = self.puzzle_emb(batch["puzzle_ids"])
+            prefix = F.pad(prefix, (0, self.prefix_len * x.shape[-1] - prefix.shape[-1]))
+            prefix = prefix.view(x.shape[0], self.prefix_len, -1)
             x = torch.cat((prefix.to(x.dtype), x), dim=1)
         if self.pos is not None:
             x = x + self.pos * self.scale

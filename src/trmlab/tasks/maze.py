@@ -1,8 +1,60 @@
-"""Maze: find the unique shortest path from S to G on a grid (the paper's Maze-Hard is 30x30)."""
+"""Maze: find the unique shortest path from S to G on a grid (the paper's Maze-Hard is 30x30).
+
+Beyond exact accuracy, every predicted grid is checked as a path (``data.maze.check_path``): ``path_valid`` is the
+share of predictions that are a correct solution, ``path_shortest`` the share whose 'o' cells connect S to G in
+the fewest steps (the two differ only when a prediction also rewrites walls, S or G).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import PuzzleTask
+
+
+def _maze_size(data_cfg, data_root: str | Path = "data") -> int:
+    """The maze side length a data config produces, without building the data when it can be avoided."""
+    from trmlab.data.maze import HF_DATASET, load_csv
+    from trmlab.data.puzzles import params_slug
+    if data_cfg.source == "generate":
+        return data_cfg.size
+    meta = Path(data_root) / params_slug("maze", asdict(data_cfg)) / "metadata.json"
+    if meta.exists():  # already built: the data knows best
+        return int(json.loads(meta.read_text())["size"])
+    src = Path(data_cfg.source)
+    if src.is_dir():
+        src = src / "train.csv"
+    if src.is_file():
+        return int(load_csv(src)[0].shape[1])
+    # A Hugging Face name: Maze-Hard says its size in its name (sapientinc/maze-30x30-hard-1k).
+    m = re.search(r"(\d+)x\1", data_cfg.source) or re.search(r"(\d+)x\1", HF_DATASET)
+    return int(m.group(1))
+
+
+def read_maze(text_or_file: str):
+    """A maze for `trm solve`: a text file, the grid itself (lines), or one flat size*size string -> (grid, where)."""
+    from trmlab.data.maze import parse_maze_text
+    path = Path(text_or_file)
+    is_file = len(text_or_file) < 4096 and "\n" not in text_or_file and path.is_file()
+    where = str(path) if is_file else "maze text"
+    text = path.read_text() if is_file else text_or_file
+    if "\n" not in text.strip():  # one flat row, as the Maze-Hard CSV stores mazes
+        flat = text.strip("\r\n")
+        size = math.isqrt(len(flat))
+        if size > 1 and size * size == len(flat):
+            text = "\n".join(flat[i * size:(i + 1) * size] for i in range(size))
+    try:
+        return parse_maze_text(text), where
+    except TrmError as e:
+        raise TrmError(f"{where}: maze task: {e}") from None
 
 
 class MazeTask(PuzzleTask):
@@ -16,3 +68,38 @@ class MazeTask(PuzzleTask):
     def build_data(self, data_cfg, data_root):
         from trmlab.data.maze import build_maze
         return build_maze(data_cfg, out_root=data_root)
+
+    def shapes(self, cfg) -> dict:
+        size = _maze_size(cfg.data)
+        return {"vocab_size": 6, "seq_len": size * size, "num_puzzle_ids": 1}
+
+    def extra_metrics(self, result, data, cfg, split) -> dict:
+        from trmlab.data.maze import check_path
+        inputs = data.splits[split].inputs[: len(result.predictions)]
+        verdicts = [check_path(i, p) for i, p in zip(inputs, result.predictions)]
+        share = {k: float(np.mean([v[k] for v in verdicts])) if verdicts else 0.0
+                 for k in ("valid", "shortest", "connects")}
+        return {"path_valid": share["valid"], "path_shortest": share["shortest"], "path_connects": share["connects"]}
+
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "") -> int:
+        """Print the maze with the predicted path, whether it is a valid shortest path, and the steps ACT used."""
+        from trmlab.data.maze import check_path, maze_to_tokens, render_maze, tokens_to_text
+        grid, where = read_maze(text)
+        if grid.size != cfg.model.seq_len:
+            side = math.isqrt(cfg.model.seq_len)
+            raise TrmError(f"{where}: maze task: the maze is {grid.shape[0]}x{grid.shape[1]} but this model "
+                           f"solves {side}x{side} mazes")
+        # Encoded exactly as the dataset builder encodes its inputs: the flat token grid and the shared puzzle id 0.
+        batch = {"inputs": torch.from_numpy(maze_to_tokens(grid).astype(np.int64))[None],
+                 "puzzle_ids": torch.zeros(1, dtype=torch.long)}
+        answer, steps = model.predict(batch, n_sup=n_sup, halt=cfg.model.halting == "act")
+        pred = answer[0].numpy().reshape(grid.shape)
+        verdict = check_path(grid, pred)
+        print(tokens_to_text(pred))
+        print(f"valid: {'yes' if verdict['valid'] else 'no'}   shortest: {'yes' if verdict['shortest'] else 'no'}   "
+              f"supervision steps used: {int(steps[0])} of {n_sup}")
+        if out:
+            png = Path(out) if out.lower().endswith(".png") else Path(out) / "maze.png"
+            render_maze(grid, pred, png, title=f"valid: {'yes' if verdict['valid'] else 'no'}")
+            print(f"picture: {png}")
+        return 0 if verdict["valid"] else 1

@@ -12,6 +12,7 @@ Everything random in a step is a function of (seed, step), so a resumed run repl
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -240,8 +241,11 @@ class Trainer:
         return self.ema.model if self.ema else self.model
 
     def evaluate(self) -> dict:
+        # A task whose evaluation also writes files (ARC: submission.json, pictures) takes an out_dir: the run's.
+        takes_dir = "out_dir" in inspect.signature(self.task.evaluate).parameters
+        out = {"out_dir": self.run_dir} if takes_dir and self.dist.is_main else {}
         metrics = self.task.evaluate(self.eval_model(), self.data, self.cfg, self.device,
-                                     max_samples=self.cfg.train.eval_samples)
+                                     max_samples=self.cfg.train.eval_samples, **out)
         self.log({"step": self.step, "eval": metrics})
         return metrics
 
