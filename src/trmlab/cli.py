@@ -22,6 +22,7 @@ COMMANDS = {
     "solve": ("trmlab.commands:solve", "solve one puzzle with a trained checkpoint"),
     "presets": ("trmlab.commands:presets", "list the presets"),
     "info": ("trmlab.commands:info", "build a preset's model and print its size and effective depth"),
+    "study": ("trmlab.study_cli:study", "scaling studies (seed 004): trm study {list,run,export,report}"),
     "compress": ("trmlab.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),
 }
 

@@ -99,9 +99,15 @@ class TrainConfig:
     supervision_weight_base: float = 1.0   # summed: the last step weighs this many times the first
     improvement_reward_scale: float = 0.0  # summed: reward for lowering the loss from first to last step
     act_exploration: float = 0.1     # per_step+ACT: share of samples forced to run a random minimum of steps
+    act_exploration_final: float = -1.0  # >= 0: anneal act_exploration linearly to this over train.steps
+    curriculum: str = choice("none", ("none", "linear", "step"),
+                             "ramp n_loops / T_recursion up from the curriculum_* values during training")
+    curriculum_steps: int = 0        # steps to reach full depth; 0 = a fifth of train.steps
+    curriculum_n_loops: int = 1      # n_loops at step 0 of the curriculum
+    curriculum_T_recursion: int = 1  # T_recursion at step 0 of the curriculum
     loss: str = choice("stablemax", ("stablemax", "softmax"), "token loss (the paper: stable-max CE in fp64)")
     halt_loss_weight: float = 0.5
-    optimizer: str = choice("adam_atan2", ("adam_atan2", "adamw", "muon"))
+    optimizer: str = choice("adam_atan2", ("adam_atan2", "adamw", "muon", "lion"))
     lr: float = 1e-4
     embedding_lr: float = 0.0        # 0 = lr
     puzzle_emb_lr: float = 1e-2
@@ -121,9 +127,10 @@ class TrainConfig:
     log_interval: int = 10
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
-    dtype: str = choice("float32", ("float32", "bfloat16"), "autocast dtype")
+    dtype: str = choice("float32", ("float32", "bfloat16", "float16"), "autocast dtype (float16: no loss scaling)")
     compile: bool = False
     threads: int = 0                 # torch CPU threads; 0 = torch default
+    logger: str = choice("none", ("none", "wandb", "tensorboard"), "tracker beside metrics.jsonl (optional)")
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:

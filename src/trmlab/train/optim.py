@@ -37,6 +37,25 @@ def param_groups(model: nn.Module, t) -> list[dict]:
              "weight_decay": settings[k][1]} for k, ps in groups.items() if ps]
 
 
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023): the sign of an interpolated momentum, decoupled weight decay (seed 004's exp09e)."""
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            beta1, beta2 = g["betas"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.add_(torch.sign(m * beta1 + p.grad * (1 - beta1)), alpha=-g["lr"])
+                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+
+
 def build_optimizers(model: nn.Module, t) -> list[torch.optim.Optimizer]:
     """One optimizer, or two for Muon (Muon for hidden matrices, AdamW for the rest, as nanochat)."""
     groups = param_groups(model, t)
@@ -48,6 +67,8 @@ def build_optimizers(model: nn.Module, t) -> list[torch.optim.Optimizer]:
         return opts + ([torch.optim.AdamW(rest, betas=betas)] if rest else [])
     if t.optimizer == "adamw":
         return [torch.optim.AdamW(groups, betas=betas)]
+    if t.optimizer == "lion":
+        return [Lion(groups, lr=t.lr, betas=betas)]
     if t.optimizer == "adam_atan2":
         from adam_atan2_pytorch import AdamAtan2  # pure PyTorch; no CUDA extension to build
         return [AdamAtan2(groups, lr=t.lr, betas=betas)]

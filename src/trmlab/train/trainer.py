@@ -28,7 +28,9 @@ from trmlab.recursion import count_parameters, model_summary
 from trmlab.tasks import get_task
 from trmlab.train import distributed
 from trmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trmlab.train.curriculum import act_exploration, curriculum_depth
 from trmlab.train.ema import EMA
+from trmlab.train.loggers import make_logger
 from trmlab.train.optim import build_optimizers, set_lr
 
 
@@ -72,6 +74,7 @@ class Trainer:
         self.step, self.carry, self.train_time = 0, None, 0.0
         self.nonfinite = 0
         self.history: list[dict] = []
+        self.tracker = make_logger(cfg, self.run_dir, self.dist.is_main)  # wandb/tensorboard, or a no-op
         if resume and latest_checkpoint(self.run_dir) is not None:
             self._restore(latest_checkpoint(self.run_dir))
         elif self.dist.is_main:
@@ -97,6 +100,7 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.tracker.log(record)
 
     # ------------------------------------------------------------------ checkpoints
     def _rng_tensors(self) -> dict:
@@ -159,8 +163,8 @@ class Trainer:
         return {k: v.to(self.device) for k, v in b.items()}
 
     def _autocast(self):
-        bf16 = self.cfg.train.dtype == "bfloat16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.cfg.train.dtype)
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def _per_step_loss(self, step: int):
         """One supervision step of the carried batch; halted samples were swapped for fresh ones."""
@@ -182,7 +186,7 @@ class Trainer:
         halted = steps >= m.n_sup_train
         if m.halting == "act" and m.n_sup_train > 1:
             g = torch.Generator().manual_seed(t.seed * 7_919 + step)
-            explore = torch.rand(len(steps), generator=g) < t.act_exploration
+            explore = torch.rand(len(steps), generator=g) < act_exploration(step, t)
             min_steps = torch.where(explore, torch.randint(2, m.n_sup_train + 1, (len(steps),), generator=g), 1)
             halted |= (out.q_logit.detach() > 0) & (steps >= min_steps.to(self.device))
         self.carry = {**batch, "y": out.carry.y, "z": out.carry.z, "steps": steps, "halted": halted}
@@ -216,7 +220,8 @@ class Trainer:
         lr_f = set_lr(self.optimizers, self.step, t)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        loss, metrics = (self._per_step_loss if t.supervision == "per_step" else self._summed_loss)(self.step)
+        with curriculum_depth(self.model, self.step, t):  # curriculum recursion: shallower early steps
+            loss, metrics = (self._per_step_loss if t.supervision == "per_step" else self._summed_loss)(self.step)
         record = {"step": self.step + 1, "loss": float(loss.detach()), "lr": t.lr * lr_f}
         if not torch.isfinite(loss):
             self.nonfinite += 1  # skipped, not fatal: the carry moved on and the next batch is fresh
@@ -277,6 +282,7 @@ class Trainer:
             if t.ckpt_interval and self.step % t.ckpt_interval == 0:
                 self.save()
         bar.close()
+        self.tracker.close()
         if last_eval is None or (t.eval_interval and self.step % t.eval_interval):
             last_eval = self.evaluate()
         self.save()

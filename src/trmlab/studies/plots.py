@@ -1,0 +1,194 @@
+"""Study plots (matplotlib, Agg): accuracy against params, data, recursion, effective depth, FLOPs and wall time,
+Pareto frontiers, training curves overlaid, and accuracy vs supervision steps used with ACT halting.
+
+Every function takes the results table (done runs) and a folder, writes one PNG and returns a `Figure` record;
+a plot whose x does not vary across the runs is skipped with the reason, never drawn as a single dot.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from trmlab.studies.fits import PowerLawFit  # noqa: E402
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    path: Path | None = None
+    caption: str = ""
+    skipped: str = ""
+
+
+LABELS = {"params": "parameters (without puzzle-id table)", "train_examples": "training examples (puzzles x augmentations)",
+          "recursions_per_step": "core recursions per supervision step, T x (n+1)",
+          "effective_depth": "effective depth, n_layer x (n+1) x T x N_sup", "train_flops": "training FLOPs (estimate)",
+          "train_time_s": "training wall time (s)", "model.n_sup_inference": "supervision steps N_sup"}
+LOG_X = {"params", "train_examples", "train_flops", "train_time_s", "effective_depth"}
+
+
+def pareto_front(x, y) -> list[int]:
+    """Indices of the points no other point beats on both lower x and higher y, in increasing x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    order = sorted(range(len(x)), key=lambda i: (x[i], -y[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return front
+
+
+def secondary_metric(df: pd.DataFrame) -> str | None:
+    """A finer-grained accuracy to draw beside the headline one (tiny runs rarely solve whole puzzles)."""
+    for c in ("fill_acc", "cell_acc"):
+        if c in df and df[c].notna().any():
+            return c
+    return None
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    path = out_dir / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _annotate(ax, xs, ys, labels):
+    for x, y, t in zip(xs, ys, labels):
+        ax.annotate(str(t), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, alpha=0.8)
+
+
+def accuracy_vs(df: pd.DataFrame, x: str, out_dir: Path, fits: dict[str, PowerLawFit] | None = None,
+                name: str = "") -> Figure:
+    """Headline metric (and the secondary accuracy) against column ``x``; numeric or categorical x."""
+    name = name or f"acc_vs_{x.replace('.', '_')}"
+    title = f"accuracy vs {LABELS.get(x, x)}"
+    if x not in df or df[x].notna().sum() == 0:
+        return Figure(name, title, skipped=f"no '{x}' column in the results")
+    d = df[df[x].notna() & df["acc"].notna()]
+    if d[x].nunique() < 2:
+        return Figure(name, title, skipped=f"'{x}' takes one value across the runs")
+    numeric = pd.api.types.is_numeric_dtype(d[x]) and not pd.api.types.is_bool_dtype(d[x])
+    if numeric:
+        d = d.sort_values(x)
+        xs = d[x].astype(float).to_numpy()
+    else:
+        cats = list(dict.fromkeys(d[x].astype(str)))
+        xs = np.array([cats.index(v) for v in d[x].astype(str)], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    metric = str(d["metric"].iloc[0]) if "metric" in d else "acc"
+    ax.plot(xs, d["acc"], "o-" if numeric else "o", label=metric)
+    second = secondary_metric(d)
+    if second and second != metric:
+        ax.plot(xs, d[second], "s--" if numeric else "s", alpha=0.7, label=second)
+    _annotate(ax, xs, d["acc"], d["exp_id"])
+    caption = ""
+    for col, fit in (fits or {}).items():
+        if fit.meaningful:
+            grid = np.geomspace(xs.min(), xs.max(), 100)
+            ax.plot(grid, fit.predict(grid), ":", color="k" if col == "acc" else "gray", label=f"fit ({col})")
+        caption += f"{col}: {fit.describe()}. "
+    if numeric and x in LOG_X and xs.min() > 0:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(cats)), cats)
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel("accuracy on held-out puzzles")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return Figure(name, title, _save(fig, out_dir, name), caption.strip())
+
+
+def pareto(df: pd.DataFrame, x: str, out_dir: Path) -> Figure:
+    name, title = f"pareto_{x}", f"Pareto frontier: accuracy vs {LABELS.get(x, x)}"
+    d = df[df[x].notna() & df["acc"].notna()] if x in df else df.iloc[:0]
+    if len(d) < 2 or d[x].nunique() < 2:
+        return Figure(name, title, skipped=f"fewer than two runs with distinct '{x}'")
+    metric = "acc"
+    if d["acc"].nunique() < 2 and secondary_metric(d):  # every run ties on the headline: rank by the finer one
+        metric = secondary_metric(d)
+    xs, ys = d[x].astype(float).to_numpy(), d[metric].astype(float).to_numpy()
+    front = pareto_front(xs, ys)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter(xs, ys, color="tab:gray", label="runs")
+    ax.step(xs[front], ys[front], "o-", where="post", color="tab:red", label="frontier")
+    _annotate(ax, xs, ys, d["exp_id"])
+    ax.set_xscale("log")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(metric if metric != "acc" else str(d["metric"].iloc[0]))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ids = ", ".join(d["exp_id"].iloc[front])
+    return Figure(name, title, _save(fig, out_dir, name), f"On the frontier ({metric}): {ids}.")
+
+
+def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure:
+    name, title = "training_curves", "training curves (per supervision step, carried batch)"
+    if curves.empty:
+        return Figure(name, title, skipped="no training records in metrics.jsonl")
+    cols = [c for c in ("loss", "exact_acc", "cell_acc") if c in curves]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        for run, g in curves.groupby("run", sort=False):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g[col].rolling(5, min_periods=1).mean(), label=g["exp_id"].iloc[0], lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"train {col} (5-record mean)")
+        if col == "loss" and (curves[col] > 0).all():
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return Figure(name, title, _save(fig, out_dir, name))
+
+
+def halting(df: pd.DataFrame, out_dir: Path) -> Figure:
+    """Accuracy after k fixed supervision steps (lines) and with ACT halting at its mean steps used (stars)."""
+    name, title = "acc_vs_supervision_steps", "accuracy vs supervision steps used (fixed k, and ACT halting)"
+    if "exact_acc_per_step" not in df or df["exact_acc_per_step"].isna().all():
+        return Figure(name, title, skipped="no per-step accuracies in the summaries")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for _, r in df[df["exact_acc_per_step"].notna()].iterrows():
+        per_step = json.loads(r["exact_acc_per_step"])
+        line, = ax.plot(range(1, len(per_step) + 1), per_step, lw=1, alpha=0.8, label=r["exp_id"])
+        if pd.notna(r.get("mean_steps_act")):
+            ax.plot([r["mean_steps_act"]], [r["exact_acc_act"]], "*", ms=11, color=line.get_color())
+    ax.set_xlabel("supervision steps (mean steps used, for the ACT stars)")
+    ax.set_ylabel("exact accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    saved = (1 - df["mean_steps_act"] / df["n_sup_inference"]).mean() if "mean_steps_act" in df else float("nan")
+    return Figure(name, title, _save(fig, out_dir, name),
+                  f"Stars: ACT stops each puzzle at its first q > 0; mean compute saved {saved:.1%}.")
+
+
+def study_figures(df: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path, x: str = "",
+                  fits: dict[str, dict[str, PowerLawFit]] | None = None) -> list[Figure]:
+    """Every figure for one study's done runs; ``fits`` maps an x column to its fits per metric."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fits = fits or {}
+    d = df[df["status"] == "done"] if "status" in df else df
+    figs = []
+    xs = [x] if x and x not in ("params", "train_examples", "recursions_per_step", "effective_depth") else []
+    for col in xs + ["params", "train_examples", "recursions_per_step", "effective_depth", "train_flops",
+                     "train_time_s"]:
+        figs.append(accuracy_vs(d, col, out_dir, fits.get(col)))
+    figs += [pareto(d, "params", out_dir), pareto(d, "train_flops", out_dir), training_curves(curves, out_dir),
+             halting(d, out_dir)]
+    return figs

@@ -1,0 +1,185 @@
+"""Every run under a directory as one table (CSV and parquet): its config, summary, final training record, and
+derived compute. Analysis is a pure function of run directories; a corrupt or partial run is reported and skipped.
+
+FLOPs are estimated, not measured. With P = parameters without the puzzle-id table (all counted as if they were
+the core's matmuls, which slightly overcounts the embedding and head), a token passes the core T x (n+1) times per
+supervision step (= effective_depth / (n_layer x n_sup_train) core applications), so one supervision step costs
+2·P·T(n+1) forward FLOPs per token, plus 4·P·(n+1) for the backward of the one recursion that keeps a graph.
+  train_flops     = steps x batch x tokens x (2·P·T(n+1) + 4·P·(n+1))       (x n_sup_train in ``summed`` mode)
+  inference_flops = tokens x 2·P·T(n+1) x n_sup_inference, per puzzle (``_act``: x mean_steps_act instead)
+Attention-score FLOPs (~ tokens^2) are left out: small for 81-97 tokens at these widths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+MARKERS = ("config.yaml", "summary.json", "error.json", "metrics.jsonl")
+SKIP_PARTS = {"checkpoints", "best", "logs", "submitit", "report"}
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    dirs = {p.parent for m in MARKERS for p in root.rglob(m)}
+    return sorted(d for d in dirs if not SKIP_PARTS & set(d.relative_to(root).parts))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """(records, number of unreadable lines): a crash can leave a half-written last line."""
+    records, bad = [], 0
+    if not path.exists():
+        return records, bad
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records, bad
+
+
+def flops(row: dict) -> dict:
+    """The estimates described in the module docstring (NaN where the config is unknown)."""
+    P = row.get("params_without_puzzle_emb") or row.get("params")
+    n, T = row.get("model.n_loops"), row.get("model.T_recursion")
+    if not P or not n or not T:
+        return {}
+    tokens = (row.get("model.seq_len") or 81) + (row.get("model.puzzle_emb_len") or 0)
+    per_token = 2 * P * T * (n + 1) + 4 * P * (n + 1)
+    sups = row.get("model.n_sup_train", 1) if row.get("train.supervision") == "summed" else 1
+    step = (row.get("train.batch_size") or 0) * tokens * per_token * sups
+    infer = tokens * 2 * P * T * (n + 1)
+    out = {"recursions_per_step": T * (n + 1), "flops_per_step": step,
+           "train_flops": step * (row.get("steps") or 0),
+           "inference_flops": infer * (row.get("model.n_sup_inference") or 1)}
+    if row.get("mean_steps_act") is not None:
+        out["inference_flops_act"] = infer * row["mean_steps_act"]
+    return out
+
+
+def _data_size(row: dict) -> dict:
+    """Training puzzles and rows (puzzles x (1 + augmentations)) as the data config describes them."""
+    if "data.n_train" not in row:
+        return {}
+    generated = row.get("data.source", "generate") == "generate"
+    puzzles = row["data.n_train"] if generated or not row.get("data.subsample_size") else row["data.subsample_size"]
+    return {"train_puzzles": puzzles, "train_examples": puzzles * (1 + (row.get("data.num_aug") or 0))}
+
+
+def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
+    """One row for ``run_dir`` and the problems found in it."""
+    problems = []
+    rel = run_dir.relative_to(root)
+    row = {"run": str(rel) if str(rel) != "." else run_dir.name, "exp_id": run_dir.name,
+           "study": rel.parts[-2] if len(rel.parts) > 1 else root.name}
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        row["task"] = cfg.get("task")
+        row.update(_flatten({k: cfg.get(k) for k in ("model", "train", "data")}))
+    except FileNotFoundError:
+        pass
+    except (OSError, yaml.YAMLError):
+        problems.append(f"{row['run']}: config.yaml is corrupt")
+    records, bad = read_metrics(run_dir / "metrics.jsonl")
+    if bad:
+        problems.append(f"{row['run']}: {bad} unreadable line(s) in metrics.jsonl skipped")
+    train = [r for r in records if "eval" not in r]
+    if train:
+        last = train[-1]
+        row.update({"last_step": last.get("step"), "final_train_loss": last.get("loss"),
+                    "final_train_exact_acc": last.get("exact_acc")})
+    status = "interrupted"
+    if (run_dir / "summary.json").exists():
+        try:
+            s = json.loads((run_dir / "summary.json").read_text())
+            ev = s.pop("eval", {}) or {}
+            row.update({k: v for k, v in s.items() if not isinstance(v, (dict, list))})
+            row.update({k: v for k, v in ev.items() if not isinstance(v, (dict, list))})
+            row.update({k: json.dumps(v) for k, v in ev.items() if isinstance(v, list)})
+            row["acc"] = ev.get(s.get("metric", "exact_acc"))
+            status = "done"
+        except (OSError, ValueError, AttributeError):
+            problems.append(f"{row['run']}: summary.json is corrupt; run skipped")
+            status = "corrupt"
+    if status != "done" and (run_dir / "error.json").exists():
+        try:
+            row["error"] = json.loads((run_dir / "error.json").read_text()).get("error", "")
+        except ValueError:
+            row["error"] = "error.json unreadable"
+        status = "failed"
+    if status == "interrupted":
+        problems.append(f"{row['run']}: no summary.json (interrupted or running); left out of the analysis")
+    row["status"] = status
+    if status == "done":
+        row.update(_data_size(row))
+        row.update(flops(row))
+        if row.get("mean_steps_act") is not None and row.get("n_sup_inference"):
+            row["compute_saved_act"] = 1 - row["mean_steps_act"] / row["n_sup_inference"]
+    return row, problems
+
+
+def gather(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """(table of every run under ``root``, one-line problems); runs that are not done have status != 'done'."""
+    root = Path(root)
+    rows, problems = [], []
+    for d in find_runs(root):
+        row, probs = read_run(d, root)
+        rows.append(row)
+        problems += probs
+    df = pd.DataFrame(rows)
+    if len(df):
+        front = [c for c in ("study", "exp_id", "status", "acc", "metric", "params", "effective_depth", "steps",
+                             "train_time_s") if c in df]
+        df = df[front + [c for c in df.columns if c not in front]]
+    return df, problems
+
+
+def curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
+    """Training records of every run (or of ``runs``) as one long table: run, exp_id, step, loss, ..."""
+    root = Path(root)
+    frames = []
+    for d in find_runs(root):
+        rel = str(d.relative_to(root)) if d != root else d.name
+        if runs is not None and rel not in runs:
+            continue
+        records, _ = read_metrics(d / "metrics.jsonl")
+        train = [r for r in records if "eval" not in r and "step" in r]
+        if train:
+            frames.append(pd.DataFrame(train).assign(run=rel, exp_id=d.name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """results.csv always; results.parquet when a parquet engine is installed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "results.csv"]
+    df.to_csv(paths[0], index=False)
+    try:
+        # Mixed-type object columns (a key set in some runs only) are stored as text so parquet accepts them.
+        safe = df.copy()
+        for c in safe.columns[safe.dtypes == object]:
+            safe[c] = safe[c].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+        safe.to_parquet(out_dir / "results.parquet", index=False)
+        paths.append(out_dir / "results.parquet")
+    except ImportError:
+        print("results.parquet skipped: install pyarrow for parquet output")
+    return paths

@@ -1,0 +1,313 @@
+"""Seed 004's scaling studies as data: a base preset plus, per experiment, the ``key=value`` overrides of `trm train`.
+
+12 studies, 67 experiments, ids as the seed names them (exp01a, exp02a_01, ..., contrib02_adaptive), around the
+baseline that replicates the paper (preset ``sudoku-paper``). Override values may be relative to the base:
+``train.lr=*0.3`` multiplies the base's value, so a study keeps its meaning on another base preset
+(``trm study run exp10 --base sudoku``). `resolve` turns an experiment into concrete overrides, and ``--scale tiny``
+appends `tiny_overrides`, which shrink every experiment the same way so a whole study runs on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from trmlab.config import _resolve_key, from_dict, preset_dict
+from trmlab.config import parse_overrides as _parse_overrides
+from trmlab.errors import TrmError
+
+BASE_PRESET = "sudoku-paper"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass
+class Study:
+    name: str
+    title: str
+    question: str
+    experiments: list[Experiment]
+    base: str = BASE_PRESET
+    x: str = ""                     # the results column this study varies (plots and fits use it)
+    fit: bool = False               # fit acc = a - b * x^(-c) against ``x``
+    arch: bool = False              # the seed keeps these experiments' settings in architecture configs
+
+
+def _exp(id_: str, *overrides: str, note: str = "") -> Experiment:
+    return Experiment(id_, tuple(overrides), note)
+
+
+# Batch study: the seed scales the global batch around its baseline with LR ~ sqrt(batch) and a fixed number of
+# epochs. Our baseline is the paper's batch 768 (the seed's 6144 is 768 x 8 TPU workers), so the sweep is written
+# as factors of the base: the same ratios, and exp06_c is the baseline on any base preset.
+_BATCH_FACTORS = (0.25, 0.5, 1, 2, 4, 8)
+
+STUDIES: list[Study] = [
+    Study("model_size", "Model size scaling", "How does accuracy scale with width (parameters)?",
+          [_exp(f"exp01{c}", f"model.n_embd={d}", f"model.n_head={h}")
+           for c, d, h in zip("abcdef", (256, 384, 512, 768, 1024, 1536), (4, 6, 8, 8, 8, 8))],
+          x="params", fit=True, arch=True),
+    Study("recursion_depth", "Recursion depth scaling", "How many latent updates n (L_cycles) and recursions T "
+          "(H_cycles) are worth their compute?",
+          [_exp(f"exp02a_{i:02d}", f"model.n_loops={n}") for i, n in enumerate((2, 4, 6, 8, 10, 12), 1)]
+          + [_exp(f"exp02b_{i:02d}", f"model.T_recursion={t}") for i, t in enumerate((1, 2, 3, 4, 5), 1)],
+          x="recursions_per_step", arch=True),
+    Study("depth_vs_recursion", "Depth vs recursion", "Can recursion replace layers at similar depth?",
+          [_exp(f"exp03{c}", f"model.n_layer={layers}", f"model.n_loops={n}")
+           for c, layers, n in zip("abcde", (1, 2, 3, 4, 6), (12, 6, 4, 3, 2))],
+          x="effective_depth", arch=True),
+    Study("data_scaling", "Data scaling", "How many training puzzles and augmentations are needed?",
+          # subsample_size counts puzzles when the data comes from a CSV/HF source, n_train when generated.
+          [_exp(f"exp04a_{n}", f"data.subsample_size={n}", f"data.n_train={n}") for n in (100, 250, 500, 1000, 2000, 5000)]
+          + [_exp(f"exp04b_{a:04d}", f"data.num_aug={a}") for a in (10, 100, 500, 1000, 2000)],
+          x="train_examples", fit=True),
+    Study("supervision_steps", "Supervision steps", "How many deep-supervision steps (N_sup) pay off?",
+          [_exp(f"exp05_{c}", f"model.n_sup_train={n}", f"model.n_sup_inference={n}")
+           for c, n in zip("abcdef", (4, 8, 12, 16, 24, 32))],
+          x="model.n_sup_inference", arch=True),
+    Study("batch_size", "Batch size scaling", "Where is the critical batch size (LR ~ sqrt(batch), fixed epochs)?",
+          [_exp(f"exp06_{c}", f"train.batch_size=*{f:g}", f"train.lr=*{math.sqrt(f):.6g}",
+                f"train.puzzle_emb_lr=*{math.sqrt(f):.6g}", f"train.steps=*{1 / f:g}")
+           for c, f in zip("abcdef", _BATCH_FACTORS)],
+          x="train.batch_size"),
+    Study("precision", "Precision", "Does bfloat16 (or float16) autocast cost accuracy?",
+          [_exp("exp07a", "train.dtype=float32"), _exp("exp07b", "train.dtype=bfloat16"),
+           _exp("exp07c", "train.dtype=float16", note="autocast only, no loss scaling")],
+          x="train.dtype", arch=True),
+    Study("ema", "EMA ablation", "How much does the EMA of the weights matter, and at what rate?",
+          [_exp("exp08a", "train.ema_decay=0", note="no EMA")]
+          + [_exp(f"exp08{c}", f"train.ema_decay={r}") for c, r in zip("bcde", (0.99, 0.995, 0.999, 0.9995))],
+          x="train.ema_decay"),
+    Study("optimizer", "Optimizer comparison", "AdamATan2 vs AdamW (three beta2) vs Lion.",
+          [_exp("exp09a", "train.optimizer=adam_atan2", "train.beta2=0.95"),
+           _exp("exp09b", "train.optimizer=adamw", "train.beta2=0.95"),
+           _exp("exp09c", "train.optimizer=adamw", "train.beta2=0.99"),
+           _exp("exp09d", "train.optimizer=adamw", "train.beta2=0.999"),
+           _exp("exp09e", "train.optimizer=lion", "train.beta2=0.99")],
+          x="train.optimizer"),
+    Study("lr_schedule", "Learning-rate schedule", "Constant LR at three scales vs cosine decay to 0.1 / 0.01.",
+          [_exp("exp10a", "train.lr=*0.3", "train.puzzle_emb_lr=*0.3", "train.schedule=constant"),
+           _exp("exp10b", "train.lr=*1", "train.schedule=constant"),
+           _exp("exp10c", "train.lr=*3", "train.puzzle_emb_lr=*3", "train.schedule=constant"),
+           _exp("exp10d", "train.schedule=cosine", "train.min_lr_ratio=0.1"),
+           _exp("exp10e", "train.schedule=cosine", "train.min_lr_ratio=0.01")],
+          x="train.lr"),
+    Study("curriculum", "Curriculum recursion", "Does ramping n and T up during training converge faster?",
+          [_exp("contrib01_baseline", "train.curriculum=none"),
+           _exp("contrib01_curriculum", "train.curriculum=linear", "train.curriculum_n_loops=2",
+                "train.curriculum_T_recursion=1", note="n 2->6, T 1->3 over the first fifth of training")],
+          x="train.curriculum"),
+    Study("adaptive_halting", "Adaptive halting", "Can ACT stop early at inference without losing accuracy?",
+          [_exp("contrib02_baseline", "train.act_exploration=0.1"),
+           _exp("contrib02_adaptive", "train.act_exploration=0.3", "train.act_exploration_final=0.05",
+                note="exploration annealed 0.3 -> 0.05")],
+          x="train.act_exploration", arch=True),
+]
+
+BASELINE = Experiment("baseline", (), "the paper's Sudoku-Extreme setup (preset sudoku-paper)")
+
+
+def get_study(name: str) -> Study:
+    for s in STUDIES:
+        if s.name == name:
+            return s
+    raise TrmError(f"unknown study '{name}'; studies: {', '.join(s.name for s in STUDIES)}")
+
+
+def study_of(exp_id: str) -> Study | None:
+    return next((s for s in STUDIES if any(e.id == exp_id for e in s.experiments)), None)
+
+
+def all_experiments(studies: list[Study] | None = None) -> list[tuple[Study | None, Experiment]]:
+    return [(s, e) for s in (studies or STUDIES) for e in s.experiments]
+
+
+def select(patterns: list[str], studies: list[Study] | None = None) -> tuple[list[tuple[Study, Experiment]], list[str]]:
+    """Experiments matched by study names, exact ids, id prefixes (``exp02a``) or globs (``exp0[12]*``).
+
+    Returns (matches in spec order without duplicates, the patterns that matched nothing).
+    """
+    studies = studies or STUDIES
+    pool = all_experiments(studies) + ([(Study("baseline", "Baseline", "", [BASELINE]), BASELINE)]
+                                       if studies is STUDIES else [])
+    chosen, unmatched = [], []
+    for pat in patterns:
+        hits = [(s, e) for s, e in pool if pat == s.name or pat == e.id or
+                (fnmatch.fnmatchcase(e.id, pat) if any(c in pat for c in "*?[") else e.id.startswith(pat))]
+        if not hits:
+            unmatched.append(pat)
+        chosen += [h for h in hits if h not in chosen]
+    order = {id(e): i for i, (_, e) in enumerate(pool)}
+    return sorted(chosen, key=lambda se: order[id(se[1])]), unmatched
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Turning an experiment into concrete `trm train` overrides.
+
+def parse_overrides(overrides, d: dict) -> dict:
+    """config.parse_overrides on a deep copy: it writes into the nested sections of the dict it is given."""
+    return _parse_overrides(list(overrides), copy.deepcopy(d))
+
+
+def _get(d: dict, path: str):
+    node = d
+    for p in path.split("."):
+        node = node[p]
+    return node
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def absolute(overrides, full: dict) -> list[str]:
+    """Rewrite relative values (``key=*f``) as absolute ones against ``full`` (a resolved config dict)."""
+    out, d, applied = [], full, 0
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if raw.startswith("*"):
+            d, applied = parse_overrides(out[applied:], d), len(out)  # the value as the earlier overrides left it
+            try:
+                factor = float(raw[1:])
+            except ValueError:
+                raise TrmError(f"override '{item}': a relative value is *<number>, e.g. train.lr=*0.5") from None
+            paths = _resolve_key(key, d)
+            try:
+                base = _get(d, paths[0])
+            except (KeyError, TypeError):
+                raise TrmError(f"unknown config key '{key}' in relative override '{item}'") from None
+            if isinstance(base, bool) or not isinstance(base, (int, float)):
+                raise TrmError(f"override '{item}': {paths[0]} is not a number ({base!r})")
+            value = max(1, round(base * factor)) if isinstance(base, int) else base * factor
+            item = f"{key}={_fmt(value)}"
+        out.append(item)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _base_dict(base: str, stamp: float) -> dict:
+    return from_dict(preset_dict(base)).to_dict()
+
+
+def base_dict(base: str) -> dict:
+    """The base preset with every default filled in (so relative overrides find a value); cached per file version."""
+    path = Path(base) if Path(base).suffix else Path(__file__).parent.parent / "presets" / f"{base}.yaml"
+    stamp = path.stat().st_mtime if path.is_file() else 0.0
+    return copy.deepcopy(_base_dict(base, stamp))
+
+
+# --scale tiny: width and data shrink by constant factors; steps and batch are rescaled so that the base preset
+# gets TINY_STEPS steps at batch TINY_BATCH (ratios between experiments, e.g. the batch study's, are kept).
+TINY_STEPS = 120
+TINY_BATCH = 16
+TINY_WIDTH_DIV = 8
+TINY_DATA_DIV = 10       # training puzzles
+TINY_AUG_DIV = 100       # augmentations per puzzle
+TINY_EVAL = 100          # held-out puzzles
+
+
+def tiny_overrides(cfg: dict, base: dict) -> list[str]:
+    """Overrides that shrink the resolved config ``cfg`` (a dict) relative to its base preset ``base``."""
+    m, t, data = cfg["model"], cfg["train"], cfg.get("data") or {}
+    step_f = TINY_STEPS / max(base["train"]["steps"], 1)
+    steps = max(10, round(t["steps"] * step_f))
+    heads = m["n_head"] if m["core"] == "attention" else 1
+    multiple = max(heads, 8) if m["core"] == "attention" else 8
+    width = max(multiple, round(m["n_embd"] / TINY_WIDTH_DIV / multiple) * multiple)
+    out = [f"model.n_embd={width}", f"train.steps={steps}",
+           f"train.batch_size={max(4, round(t['batch_size'] * TINY_BATCH / max(base['train']['batch_size'], 1)))}",
+           f"train.warmup_steps={round(t['warmup_steps'] * step_f)}",
+           f"train.log_interval={max(1, steps // 40)}", "train.eval_interval=0",
+           f"train.ckpt_interval={max(1, steps // 4)}",
+           f"train.eval_samples={min(t['eval_samples'] or TINY_EVAL, TINY_EVAL)}"]
+    if t.get("curriculum_steps"):
+        out.append(f"train.curriculum_steps={max(1, round(t['curriculum_steps'] * step_f))}")
+    if m["core"] == "attention" and m.get("n_kv_head") and width % m["n_kv_head"]:
+        out.append("model.n_kv_head=0")
+    if cfg.get("task") == "sudoku" and "n_train" in data:
+        # Tiny never downloads: puzzles are generated; a CSV/HF subsample size becomes the generated count.
+        puzzles = data["subsample_size"] if data.get("source") != "generate" and data.get("subsample_size") \
+            else data["n_train"]
+        out += ["data.source=generate", f"data.n_train={max(16, puzzles // TINY_DATA_DIV)}",
+                f"data.subsample_size={data.get('subsample_size', 0) // TINY_DATA_DIV}",
+                f"data.n_test={min(data.get('n_test') or TINY_EVAL, TINY_EVAL)}",
+                f"data.num_aug={data.get('num_aug', 0) // TINY_AUG_DIV}"]
+    return out
+
+
+def resolve(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = ()) -> list[str]:
+    """The concrete overrides that `trm train <base>` needs to run ``exp`` at ``scale``; validated (TrmError)."""
+    if scale not in ("tiny", "full"):
+        raise TrmError(f"--scale must be tiny or full, got '{scale}'")
+    full = base_dict(base)
+    overrides = absolute(exp.overrides, full)
+    if scale == "tiny" or extra:
+        resolved = from_dict(parse_overrides(overrides, full)).to_dict()
+        if scale == "tiny":
+            tiny = tiny_overrides(resolved, full)
+            overrides += tiny
+            resolved = parse_overrides(tiny, resolved)
+        overrides += absolute(extra, resolved)
+    from_dict(parse_overrides(overrides, full))  # one-line TrmError for a bad key, type or choice
+    return overrides
+
+
+def resolved_config(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = ()) -> dict:
+    """The full config dict the run will use (what `trm study export` writes)."""
+    cfg = from_dict(parse_overrides(resolve(exp, base, scale, extra), base_dict(base))).to_dict()
+    cfg["name"] = exp.id
+    return cfg
+
+
+def arch_configs(base: str = BASE_PRESET) -> dict[str, dict]:
+    """The seed's 34 architecture configs: the baseline's and one per experiment of an architecture study.
+
+    Each holds the resolved ``model`` section, plus the train keys the seed kept in its arch files (dtype, ACT
+    exploration).
+    """
+    out = {"trm_baseline": {"model": base_dict(base)["model"]}}
+    for study in STUDIES:
+        if not study.arch:
+            continue
+        for exp in study.experiments:
+            cfg = resolved_config(exp, base)
+            arch = {"model": cfg["model"]}
+            train_keys = [o.split("=", 1)[0].split(".", 1)[1] for o in exp.overrides if o.startswith("train.")]
+            if train_keys:
+                arch["train"] = {k: cfg["train"][k] for k in train_keys}
+            out[f"{exp.id}_arch"] = arch
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Studies from files (optional): {name, base, title, experiments: {id: [overrides]}} or a grid {key: [values]}.
+
+def load_study_file(path: str | Path) -> Study:
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise TrmError(f"{path}: cannot read study file ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or not (d.get("experiments") or d.get("grid")):
+        raise TrmError(f"{path}: a study file needs 'experiments' (id: [key=value, ...]) or 'grid' (key: [values])")
+    name = str(d.get("name") or path.stem)
+    exps = [Experiment(str(i), tuple(str(o) for o in (ov or []))) for i, ov in (d.get("experiments") or {}).items()]
+    grid = d.get("grid") or {}
+    if grid:
+        combos = [()]
+        for key, values in grid.items():
+            combos = [c + (f"{key}={_fmt(v)}",) for c in combos for v in (values if isinstance(values, list) else [values])]
+        exps += [Experiment(f"{name}_{i:02d}", c) for i, c in enumerate(combos, 1)]
+    return Study(name, str(d.get("title") or name), str(d.get("question") or ""), exps,
+                 base=str(d.get("base") or BASE_PRESET), x=str(d.get("x") or ""), fit=bool(d.get("fit", False)))

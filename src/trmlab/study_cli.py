@@ -1,0 +1,176 @@
+"""`trm study {list,run,export,report}`: seed 004's scaling studies from the command line (thin over trmlab.studies).
+
+    trm study list                                    # 12 studies, 67 experiments, their overrides
+    trm study run model_size --scale tiny --base sudoku --jobs 2   # or a pattern: exp01, exp02a, 'exp0[56]*'
+    trm study run exp01 --scale tiny --base sudoku --resume        # after an interruption: finish what is left
+    trm study report model_size --scale tiny --base sudoku         # table + fits + plots + report.{md,html}
+    trm study export --out configs/                   # every experiment as a YAML file for `trm train <file>`
+
+Runs live in ``runs/studies/<scale>[-<base>]/<study>/<exp_id>``. Arguments with '=' are extra overrides applied to
+every experiment (``train.steps=50``); a study can also be a YAML file (see docs/studies.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from trmlab.errors import TrmError
+from trmlab.studies import specs
+
+
+def study_arguments(p):
+    sub = p.add_subparsers(dest="action", metavar="{list,run,export,report}")
+    sub.required = True
+
+    def common(q, runs=True):
+        q.add_argument("--scale", choices=["tiny", "full"], default="full",
+                       help="tiny: every experiment shrunk the same way to run on a CPU in minutes")
+        q.add_argument("--base", default="", help="run the studies on this preset instead of their own (sudoku-paper)")
+        if runs:
+            q.add_argument("--runs-dir", default="", help="default: runs/studies/<scale>[-<base>]")
+
+    q = sub.add_parser("list", help="studies, experiments and (where runs exist) their status")
+    q.add_argument("patterns", nargs="*", help="study names, experiment ids, prefixes (exp02a) or globs")
+    common(q)
+
+    q = sub.add_parser("run", help="run experiments as separate `trm train` processes; finished ones are skipped")
+    q.add_argument("patterns", nargs="+", help="study names, ids, prefixes, globs, study YAML files, key=value")
+    common(q)
+    q.add_argument("--jobs", type=int, default=1, help="runs at a time (local launcher)")
+    q.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    q.add_argument("--resume", action="store_true", help="continue interrupted or failed runs")
+    q.add_argument("--data-root", default="data")
+    q.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="slurm: submit through submitit (its local executor where there is no Slurm)")
+    q.add_argument("--slurm-partition", default="")
+    q.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job")
+    q.add_argument("--slurm-cpus", type=int, default=0, help="CPUs per job")
+    q.add_argument("--slurm-timeout-min", type=int, default=24 * 60)
+    q.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+
+    q = sub.add_parser("export", help="write experiment configs (and the architecture configs) as YAML files")
+    q.add_argument("patterns", nargs="*")
+    q.add_argument("--out", default="study_configs")
+    common(q, runs=False)
+
+    q = sub.add_parser("report", help="results table, fits, plots and a Markdown + HTML report of a study's runs")
+    q.add_argument("study", help="a study name, an id pattern of one study, or a directory of runs")
+    common(q)
+    q.add_argument("--out", default="", help="default: <study runs>/report")
+
+
+def runs_dir(args) -> Path:
+    if args.runs_dir:
+        return Path(args.runs_dir)
+    return Path("runs/studies") / (args.scale + (f"-{args.base}" if args.base else ""))
+
+
+def _select(patterns: list[str]):
+    """(selection, studies by name) from names/patterns and study files; TrmError when nothing matches."""
+    files = [p for p in patterns if p.endswith((".yaml", ".yml"))]
+    selection, by_name = [], {s.name: s for s in specs.STUDIES}
+    for f in files:
+        s = specs.load_study_file(f)
+        by_name[s.name] = s
+        selection += [(s, e) for e in s.experiments]
+    names = [p for p in patterns if p not in files]
+    if names or not files:
+        chosen, unmatched = specs.select(names or ["*"])
+        for pat in unmatched:
+            print(f"no study or experiment matches '{pat}'; see `trm study list`")
+        selection += chosen
+        by_name.update({s.name: s for s, _ in chosen})
+    if not selection:
+        raise TrmError(f"nothing selected by {' '.join(patterns)}; see `trm study list`")
+    return selection, by_name
+
+
+def _split(items: list[str]) -> tuple[list[str], list[str]]:
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+def study(args):
+    return {"list": _list, "run": _run, "export": _export, "report": _report}[args.action](args)
+
+
+def _list(args):
+    from trmlab.studies.runner import run_status
+    selection, _ = _select(args.patterns)
+    root = runs_dir(args)
+    show_status = root.exists()
+    current = None
+    for s, e in selection:
+        if s.name != current:
+            current = s.name
+            n = sum(1 for ss, _ in selection if ss.name == s.name)
+            print(f"\n{s.name} ({n}): {s.title}. {s.question}")
+        status = f"{run_status(root / s.name / e.id):<12}" if show_status else ""
+        note = f"  # {e.note}" if e.note else ""
+        print(f"  {e.id:<22}{status}{' '.join(e.overrides) or '(the base preset)'}{note}")
+    n_std = sum(1 for s, _ in selection if s.name != "baseline")
+    n_studies = len({s.name for s, _ in selection} - {"baseline"})
+    print(f"\n{n_studies} studies, {n_std} experiments" + (" + the baseline" if n_std < len(selection) else "")
+          + (f"; status from {root}" if show_status else ""))
+
+
+def _run(args):
+    from trmlab.studies.runner import execute, plan, write_study_info
+    patterns, extra = _split(args.patterns)
+    selection, by_name = _select(patterns)
+    root = runs_dir(args)
+    plans = plan(selection, root, args.scale, args.base, extra, args.resume, args.data_root)
+    if not args.dry_run:
+        write_study_info(plans, by_name, args.scale, args.base)
+    slurm = {"slurm_partition": args.slurm_partition, "gpus_per_node": args.slurm_gpus or None,
+             "cpus_per_task": args.slurm_cpus or None, "timeout_min": args.slurm_timeout_min}
+    counts = execute(plans, jobs=args.jobs, launcher=args.launcher, dry_run=args.dry_run, data_root=args.data_root,
+                     slurm=slurm, wait=not args.no_wait)
+    print(", ".join(f"{v} {k}" for k, v in counts.items() if v) + f"  ({root})")
+    return 1 if counts["failed"] or counts["invalid"] else 0
+
+
+def _export(args):
+    selection, _ = _select(args.patterns)
+    out = Path(args.out)
+    (out / "experiments").mkdir(parents=True, exist_ok=True)
+    n = 0
+    for s, e in selection:
+        try:
+            cfg = specs.resolved_config(e, args.base or s.base, args.scale)
+        except TrmError as err:
+            print(f"{e.id}: invalid config: {err}")
+            continue
+        header = f"# {s.name}/{e.id}: {' '.join(e.overrides) or 'baseline'} (scale {args.scale})\n"
+        (out / "experiments" / f"{e.id}.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+        n += 1
+    arch = specs.arch_configs(args.base or specs.BASE_PRESET)
+    (out / "arch").mkdir(exist_ok=True)
+    for name, d in arch.items():
+        (out / "arch" / f"{name}.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    print(f"{n} experiment configs in {out / 'experiments'}, {len(arch)} architecture configs in {out / 'arch'}; "
+          f"run one with: trm train {out / 'experiments'}/<id>.yaml")
+
+
+def _report(args):
+    from trmlab.studies.report import build_report
+    root = Path(args.study)
+    if not root.is_dir():
+        selection, _ = _select([args.study])
+        names = sorted({s.name for s, _ in selection})
+        if len(names) != 1:
+            raise TrmError(f"'{args.study}' spans studies {', '.join(names)}; report one of them")
+        root = runs_dir(args) / names[0]
+    if not root.is_dir():
+        raise TrmError(f"no runs at {root}; run the study first (trm study run {args.study} ...)")
+    rep = build_report(root, args.out or None)
+    for p in rep.problems:
+        print(p)
+    done = int((rep.table["status"] == "done").sum()) if len(rep.table) else 0
+    print(f"{len(rep.table)} runs ({done} done) -> {rep.out_dir}/report.md, report.html, results.csv")
+    for x, per_metric in rep.fits.items():
+        for metric, fit in per_metric.items():
+            print(f"fit acc vs {x} ({metric}): {fit.describe()}")
+    for f in rep.figures:
+        print(f"  {f.path}" if f.path else f"  ({f.name} skipped: {f.skipped})")
