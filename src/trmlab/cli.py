@@ -23,6 +23,7 @@ COMMANDS = {
     "presets": ("trmlab.commands:presets", "list the presets"),
     "info": ("trmlab.commands:info", "build a preset's model and print its size and effective depth"),
     "study": ("trmlab.study_cli:study", "scaling studies (seed 004): trm study {list,run,export,report}"),
+    "bench": ("trmlab.bench:bench", "step time, throughput, MFU, memory vs T_recursion: trm bench [preset ...]"),
     "compress": ("trmlab.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),
 }
 

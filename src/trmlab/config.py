@@ -129,6 +129,8 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     dtype: str = choice("float32", ("float32", "bfloat16", "float16"), "autocast dtype (float16: no loss scaling)")
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute the core's blocks in backward (grad recursion only)
+    fsdp: bool = False               # FSDP2: shard params/grads/optimizer over processes (torchrun)
     threads: int = 0                 # torch CPU threads; 0 = torch default
     logger: str = choice("none", ("none", "wandb", "tensorboard"), "tracker beside metrics.jsonl (optional)")
 

@@ -57,20 +57,23 @@ class Trainer:
                  data_root: str | Path = "data", quiet: bool = False):
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         self.dist = distributed.setup(cfg.train.device)
+        distributed.check_batch(cfg.train.batch_size, self.dist, cfg.train.grad_accum)
         self.device = self.dist.device if self.dist.world_size > 1 else pick_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self._prepare_run_dir(resume, overwrite)
         torch.manual_seed(cfg.train.seed)
         self.task = get_task(cfg.task)
-        self.data = self.task.prepare(cfg, data_root)
+        with distributed.main_first(self.dist):  # rank 0 builds the dataset cache, the others then read it
+            self.data = self.task.prepare(cfg, data_root)
         self.sampler = self.task.sampler(self.data, cfg.train.seed)
         self.model = self.task.build_model(cfg).to(self.device)
-        self.optimizers = build_optimizers(self.model, cfg.train)
         self.ema = EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-        self.forward = distributed.wrap(self.model, self.dist)
-        if cfg.train.compile:
-            self.forward = distributed.try_compile(self.forward, self.log_line)
+        # compile / activation checkpointing / FSDP2; the optimizer comes after, as FSDP replaces the parameters
+        self.forward = distributed.prepare(self.model, self.ema.model if self.ema else None, self.dist, cfg.train,
+                                           self.log_line)
+        self.optimizers = build_optimizers(self.model, cfg.train)
+        self._cached_batch = (None, None)
         self.step, self.carry, self.train_time = 0, None, 0.0
         self.nonfinite = 0
         self.history: list[dict] = []
@@ -117,10 +120,13 @@ class Trainer:
                  "config": self.cfg.to_dict()}
         if self.dist.world_size > 1:  # every rank holds its own slice of the carry
             tensors = distributed.gather_carry(tensors, self.dist)
+        # full tensors on every rank (under FSDP a gather that all ranks join; otherwise the state dicts as they are)
+        model_sd = distributed.full_state_dict(self.model.state_dict())
+        ema_sd = distributed.full_state_dict(self.ema.state_dict()) if self.ema else None
+        optim_sds = [distributed.full_optimizer_state(o) for o in self.optimizers]
         if self.dist.is_main:
-            save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state,
-                            self.ema.state_dict() if self.ema else None,
-                            [o.state_dict() for o in self.optimizers], tensors, self.cfg.train.keep_checkpoints)
+            save_checkpoint(self.run_dir, self.step, model_sd, state, ema_sd, optim_sds, tensors,
+                            self.cfg.train.keep_checkpoints)
         distributed.barrier(self.dist)
 
     def _restore(self, path: Path):
@@ -132,11 +138,11 @@ class Trainer:
         if ckpt.state.get("world_size", 1) != self.dist.world_size and self.cfg.train.supervision == "per_step":
             raise TrmError(f"cannot resume {self.run_dir}: saved with {ckpt.state.get('world_size', 1)} processes, "
                            f"now {self.dist.world_size} (the ACT carry is sharded per process)")
-        self.model.load_state_dict(ckpt.model)
+        distributed.load_full_state_dict(self.model, ckpt.model)
         if self.ema and ckpt.ema is not None:
-            self.ema.load_state_dict(ckpt.ema)
+            distributed.load_full_state_dict(self.ema.model, ckpt.ema)
         for opt, sd in zip(self.optimizers, ckpt.optimizers):
-            opt.load_state_dict(sd)
+            distributed.load_full_optimizer_state(opt, sd)
         self.step = int(ckpt.state["step"])
         self.train_time = float(ckpt.state.get("train_time", 0.0))
         self.nonfinite = int(ckpt.state.get("nonfinite", 0))
@@ -157,20 +163,29 @@ class Trainer:
         f.write_text("".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------ one optimizer step
-    def _batch(self, step: int) -> dict:
-        local = self.cfg.train.batch_size
-        b = self.task.batch(self.data, self.sampler, step, local, self.dist.rank, self.dist.world_size)
-        return {k: v.to(self.device) for k, v in b.items()}
+    def _batch(self, step: int, rows: slice = slice(None)) -> dict:
+        """This rank's slice of global batch ``step`` (loaded once per step), then the micro-batch ``rows`` of it."""
+        if self._cached_batch[0] != step:
+            b = self.task.batch(self.data, self.sampler, step, self.cfg.train.batch_size, self.dist.rank,
+                                self.dist.world_size)
+            self._cached_batch = (step, {k: v.to(self.device) for k, v in b.items()})
+        return {k: v[rows] for k, v in self._cached_batch[1].items()}
+
+    def _global_rows(self, rows: slice) -> slice:
+        """Where this rank's micro-batch ``rows`` sits in the global batch (for per-sample randomness)."""
+        offset = self.dist.rank * (self.cfg.train.batch_size // self.dist.world_size)
+        return slice(offset + rows.start, offset + rows.stop)
 
     def _autocast(self):
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.cfg.train.dtype)
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
-    def _per_step_loss(self, step: int):
-        """One supervision step of the carried batch; halted samples were swapped for fresh ones."""
+    def _per_step_loss(self, step: int, rows: slice):
+        """One supervision step of micro-slice ``rows`` of the carried batch; halted samples were swapped for fresh
+        ones. The whole local batch is carried; each of the grad_accum micro-slices steps once per optimizer step."""
         m, t = self.cfg.model, self.cfg.train
-        fresh = self._batch(step)
-        c = self.carry
+        fresh = self._batch(step, rows)
+        c = None if self.carry is None else {k: v[rows] for k, v in self.carry.items()}
         if c is None:
             reset = torch.ones(len(fresh["inputs"]), dtype=torch.bool, device=self.device)
             c = {"steps": torch.zeros_like(reset, dtype=torch.long), **fresh}
@@ -186,18 +201,21 @@ class Trainer:
         halted = steps >= m.n_sup_train
         if m.halting == "act" and m.n_sup_train > 1:
             g = torch.Generator().manual_seed(t.seed * 7_919 + step)
-            explore = torch.rand(len(steps), generator=g) < act_exploration(step, t)
-            min_steps = torch.where(explore, torch.randint(2, m.n_sup_train + 1, (len(steps),), generator=g), 1)
+            # drawn for the global batch, then this micro-batch's rows: N processes explore as one process does
+            g_rows = self._global_rows(rows)
+            explore = torch.rand(t.batch_size, generator=g)[g_rows] < act_exploration(step, t)
+            min_steps = torch.where(explore, torch.randint(2, m.n_sup_train + 1, (t.batch_size,), generator=g)[g_rows],
+                                    1)
             halted |= (out.q_logit.detach() > 0) & (steps >= min_steps.to(self.device))
-        self.carry = {**batch, "y": out.carry.y, "z": out.carry.z, "steps": steps, "halted": halted}
+        self._next_carry.append({**batch, "y": out.carry.y, "z": out.carry.z, "steps": steps, "halted": halted})
         metrics["exact_acc"] = correct.float()
         metrics["steps"] = steps.float()
         return loss_vec.mean(), metrics
 
-    def _summed_loss(self, step: int):
-        """All n_sup_train steps of one batch, weighted, with the improvement reward; one backward."""
+    def _summed_loss(self, step: int, rows: slice):
+        """All n_sup_train steps of micro-batch ``rows``, weighted, with the improvement reward; one backward."""
         m, t = self.cfg.model, self.cfg.train
-        batch = self._batch(step)
+        batch = self._batch(step, rows)
         carry, losses, metrics = None, [], {}
         with self._autocast():
             for k in range(m.n_sup_train):
@@ -221,14 +239,17 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         with curriculum_depth(self.model, self.step, t):  # curriculum recursion: shallower early steps
-            loss, metrics = (self._per_step_loss if t.supervision == "per_step" else self._summed_loss)(self.step)
-        record = {"step": self.step + 1, "loss": float(loss.detach()), "lr": t.lr * lr_f}
+            loss, metrics = self._accumulate(self.step)
+        # loss and metrics averaged over ranks: every rank logs, and decides to skip, the same
+        means = distributed.mean_over_ranks({"loss": loss, **{k: v.float().mean() if torch.is_tensor(v) else v
+                                                              for k, v in metrics.items()}}, self.dist)
+        loss, metrics = torch.as_tensor(means.pop("loss")), means
+        record = {"step": self.step + 1, "loss": float(loss), "lr": t.lr * lr_f}
         if not torch.isfinite(loss):
             self.nonfinite += 1  # skipped, not fatal: the carry moved on and the next batch is fresh
             record["skipped_nonfinite"] = True
             self.carry = None
         else:
-            loss.backward()
             distributed.sync_grads(self.model, self.dist)
             if t.grad_clip:
                 record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
@@ -240,6 +261,25 @@ class Trainer:
             record[k] = float(v.float().mean()) if torch.is_tensor(v) else v
         self.step += 1
         return record
+
+    def _accumulate(self, step: int):
+        """train.grad_accum micro-batches of this rank's rows, each forward + backward (gradients add up, scaled
+        by 1/grad_accum); returns the mean loss (detached) and the metrics of all micro-batches."""
+        t = self.cfg.train
+        loss_fn = self._per_step_loss if t.supervision == "per_step" else self._summed_loss
+        slices = distributed.micro_slices(t.batch_size // self.dist.world_size, t.grad_accum)
+        self._next_carry, losses, parts = [], [], []
+        for i, rows in enumerate(slices):
+            loss, metrics = loss_fn(step, rows)
+            with distributed.accumulating(self.model, self.dist, last=i == len(slices) - 1):
+                (loss / len(slices)).backward()  # a non-finite loss is backpropagated too, then the step is skipped
+            losses.append(loss.detach())
+            parts.append(metrics)
+        if self._next_carry:
+            self.carry = {k: torch.cat([c[k] for c in self._next_carry]) for k in self._next_carry[0]}
+        merged = {k: torch.cat([p[k].float().reshape(-1) for p in parts]) if torch.is_tensor(parts[0][k])
+                  else parts[-1][k] for k in parts[0]}
+        return torch.stack(losses).mean(), merged
 
     # ------------------------------------------------------------------ evaluation and the loop
     def eval_model(self):
