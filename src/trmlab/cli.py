@@ -22,6 +22,8 @@ COMMANDS = {
     "solve": ("trmlab.commands:solve", "solve one puzzle with a trained checkpoint"),
     "presets": ("trmlab.commands:presets", "list the presets"),
     "info": ("trmlab.commands:info", "build a preset's model and print its size and effective depth"),
+    "generate": ("trmlab.generate:generate", "sample text from a trained LM (recursive or GPT) with a KV cache"),
+    "compare": ("trmlab.compare:compare", "LM runs side by side: val loss, bits/byte vs bound, refinement, FLOPs"),
     "study": ("trmlab.study_cli:study", "scaling studies (seed 004): trm study {list,run,export,report}"),
     "bench": ("trmlab.bench:bench", "step time, throughput, MFU, memory vs T_recursion: trm bench [preset ...]"),
     "compress": ("trmlab.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),

@@ -70,6 +70,7 @@ class ModelConfig:
     n_sup_inference: int = 16        # supervision steps at evaluation
     halting: str = choice("act", ("none", "act"), "ACT: a Q-head learns when the answer is right")
     q_init_bias: float = -5.0        # halt logit starts very negative: halt rarely at first (the paper)
+    arch: str = choice("recursive", ("recursive", "gpt"), "gpt: a plain causal stack, no recursion (LM baseline)")
 
     def __post_init__(self):
         for name in ("n_embd", "n_layer", "n_head", "n_loops", "T_recursion", "n_sup_train", "n_sup_inference"):
@@ -83,6 +84,8 @@ class ModelConfig:
     @property
     def effective_depth(self) -> int:
         """Layers a sample passes through in training: n_layer x (n_loops + 1) x T_recursion x n_sup_train."""
+        if self.arch == "gpt":
+            return self.n_layer
         return self.n_layer * (self.n_loops + 1) * self.T_recursion * self.n_sup_train
 
 
@@ -124,6 +127,7 @@ class TrainConfig:
     eval_samples: int = 0            # 0 = the whole held-out split
     ckpt_interval: int = 0           # 0 = only at the end
     keep_checkpoints: int = 2
+    keep_best: bool = False          # also keep <run>/best: the checkpoint with the best task metric at eval
     log_interval: int = 10
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
@@ -278,7 +282,8 @@ def preset_dict(name_or_path: str) -> dict:
         raise TrmError(f"unknown preset '{name_or_path}'{hint}")
     d = _load_yaml(path)
     if d.get("base"):
-        d = _merge(preset_dict(d["base"]), {k: v for k, v in d.items() if k != "base"})
+        base = {k: v for k, v in preset_dict(d["base"]).items() if k != "name"}  # a preset is named after itself
+        d = _merge(base, {k: v for k, v in d.items() if k != "base"})
     d.setdefault("name", path.stem if path.name != "config.yaml" else path.parent.name)
     return d
 

@@ -76,6 +76,7 @@ class Trainer:
         self._cached_batch = (None, None)
         self.step, self.carry, self.train_time = 0, None, 0.0
         self.nonfinite = 0
+        self.best_metric = None  # train.keep_best: the best task metric seen at an evaluation so far
         self.history: list[dict] = []
         self.tracker = make_logger(cfg, self.run_dir, self.dist.is_main)  # wandb/tensorboard, or a no-op
         if resume and latest_checkpoint(self.run_dir) is not None:
@@ -117,7 +118,7 @@ class Trainer:
         if self.carry is not None:
             tensors.update({f"carry.{k}": v for k, v in self.carry.items() if torch.is_tensor(v)})
         state = {"train_time": self.train_time, "nonfinite": self.nonfinite, "world_size": self.dist.world_size,
-                 "config": self.cfg.to_dict()}
+                 "best_metric": self.best_metric, "config": self.cfg.to_dict()}
         if self.dist.world_size > 1:  # every rank holds its own slice of the carry
             tensors = distributed.gather_carry(tensors, self.dist)
         # full tensors on every rank (under FSDP a gather that all ranks join; otherwise the state dicts as they are)
@@ -146,6 +147,7 @@ class Trainer:
         self.step = int(ckpt.state["step"])
         self.train_time = float(ckpt.state.get("train_time", 0.0))
         self.nonfinite = int(ckpt.state.get("nonfinite", 0))
+        self.best_metric = ckpt.state.get("best_metric")
         torch.set_rng_state(ckpt.tensors["rng.torch"])
         carry = {k[len("carry."):]: v for k, v in ckpt.tensors.items() if k.startswith("carry.")}
         if carry:
@@ -292,7 +294,25 @@ class Trainer:
         metrics = self.task.evaluate(self.eval_model(), self.data, self.cfg, self.device,
                                      max_samples=self.cfg.train.eval_samples, **out)
         self.log({"step": self.step, "eval": metrics})
+        if self.cfg.train.keep_best:
+            self._keep_best(metrics)
         return metrics
+
+    def _keep_best(self, metrics: dict):
+        """Save <run>/best (weights + EMA, no optimizer) when the task's headline metric beats every earlier eval."""
+        value = metrics.get(self.task.metric)
+        lower = getattr(self.task, "lower_is_better", False)
+        if value is None or (self.best_metric is not None and
+                             (value >= self.best_metric if lower else value <= self.best_metric)):
+            return
+        self.best_metric = value
+        model_sd = distributed.full_state_dict(self.model.state_dict())  # every rank: FSDP gathers here
+        ema_sd = distributed.full_state_dict(self.ema.state_dict()) if self.ema else None
+        if self.dist.is_main:
+            state = {"metric": self.task.metric, "value": value, "train_time": self.train_time,
+                     "config": self.cfg.to_dict()}
+            save_checkpoint(self.run_dir / "best", self.step, model_sd, state, ema_sd, keep=1)
+        distributed.barrier(self.dist)
 
     def _should_stop(self) -> bool:
         t = self.cfg.train
@@ -318,7 +338,8 @@ class Trainer:
                             s_per_step=f"{dt:.2f}")
             if t.eval_interval and self.step % t.eval_interval == 0:
                 last_eval = self.evaluate()
-                self.log_line(f"step {self.step}: eval exact_acc {last_eval.get('exact_acc', float('nan')):.4f}")
+                metric = self.task.metric
+                self.log_line(f"step {self.step}: eval {metric} {last_eval.get(metric, float('nan')):.4f}")
             if t.ckpt_interval and self.step % t.ckpt_interval == 0:
                 self.save()
         bar.close()

@@ -1,0 +1,192 @@
+"""`trm generate <run|checkpoint> --prompt ...`: sample text from a trained LM, recursive or plain GPT.
+
+    trm generate runs/lm-tiny --prompt "A story about the sea." --max-new-tokens 100 --temperature 0.8 --top-k 50
+
+Both models decode with a KV cache by default. The plain GPT caches one key/value pair per layer. The recursive
+LM runs, for every new token, n_sup_inference supervision steps of T_recursion x (n_loops + 1) core calls, all
+from the engine's initial (y, z), exactly as in training and evaluation; each of those core calls gets its own
+cache slots, which reproduces full recomputation of the context exactly (tested) at n_sup x T x (n_loops + 1)
+times the GPT's cache memory. With ACT halting (model.halting=act) the model may stop before n_sup_inference
+steps when its halting logit says so; positions would then differ in steps, which no cache can hold, so
+the context is recomputed for every token. The line after the text says how many steps each token used.
+Every document in training starts with <|endoftext|>, so the prompt is prefixed with it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trmlab.errors import TrmError
+from trmlab.nn.attention import KVCache
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> int:
+    """One token id from logits [V]: greedy at temperature 0, else softmax(logits / T) cut to top-k and top-p."""
+    logits = logits.float().cpu()
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:   # nucleus: the smallest set of tokens whose probability reaches top_p
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(0) - sorted_p >= top_p
+        probs[order[drop]] = 0.0
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def cache_mb(cache: KVCache | None) -> float:
+    if cache is None:
+        return 0.0
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size()
+               for k, v in cache.layers.values()) / 2**20
+
+
+@dataclass
+class Generation:
+    tokens: list[int]                                   # the new tokens (without the prompt)
+    prompt_tokens: int
+    prefill_s: float                                    # time to read the prompt
+    decode_s: float                                     # time to produce every token after the first
+    steps: list[int] = field(default_factory=list)      # supervision steps used for each new token
+    cache_mb: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / max(self.prefill_s + self.decode_s, 1e-9)
+
+
+@torch.no_grad()
+def generate_ids(model, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, use_cache: bool = True, n_sup: int | None = None,
+                 halt: bool = False, stop_id: int | None = None, device: torch.device | str = "cpu") -> Generation:
+    """Autoregressive sampling from ``model.decode`` (GPT or RecursiveLM); ``halt`` implies no cache."""
+    if not prompt:
+        raise TrmError("generation needs at least one prompt token")
+    use_cache = use_cache and not halt
+    gen = torch.Generator().manual_seed(seed)
+    cache = KVCache() if use_cache else None
+    ids = list(prompt)
+    t0 = time.perf_counter()
+    logits, used = model.decode(torch.tensor([ids], device=device), cache, n_sup, halt)
+    prefill = time.perf_counter() - t0
+    out, steps = [], []
+    for i in range(max_new_tokens):
+        tok = sample_next(logits[0], temperature, top_k, top_p, gen)
+        out.append(tok)
+        steps.append(used)
+        ids.append(tok)
+        if tok == stop_id or i == max_new_tokens - 1:
+            break
+        context = [tok] if use_cache else ids
+        logits, used = model.decode(torch.tensor([context], device=device), cache, n_sup, halt)
+    decode = time.perf_counter() - t0 - prefill
+    return Generation(out, len(prompt), prefill, decode, steps, cache_mb(cache))
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA memory allocated"
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20, "MPS driver memory"
+    from trmlab.tasks.lm import peak_memory_mb as rss
+    return rss(device), "peak process RSS"
+
+
+def find_tokenizer(cfg, tokenizer: str = "", data_root: str = "data"):
+    """The tokenizer the run was trained with: --tokenizer, else the one in its built data directory."""
+    from trmlab.data.text import text_dir_name
+    from trmlab.data.tokenizer import load_tokenizer
+    path = Path(tokenizer) if tokenizer else Path(data_root) / text_dir_name(cfg.data) / "tokenizer.json"
+    if not path.is_file():
+        raise TrmError(f"tokenizer not found at {path}: pass --data-root (where the run's data was built) "
+                       f"or --tokenizer PATH/tokenizer.json")
+    tok = load_tokenizer(path)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise TrmError(f"{path} has {tok.vocab_size} tokens but the model's embedding has {cfg.model.vocab_size}: "
+                       "not the tokenizer this model was trained with")
+    return tok
+
+
+# ------------------------------------------------------------------------------------------------ trm generate
+def generate_arguments(p):
+    p.add_argument("checkpoint", help="run directory (its latest checkpoint; <run>/best for the best one) "
+                                      "or a checkpoint directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sup", type=int, default=0, help="recursive LM: supervision steps per token "
+                                                        "(default: model.n_sup_inference)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 is faster "
+                                                          "on a shared machine)")
+    p.add_argument("--data-root", default="data", help="where the run's token shards and tokenizer were built")
+    p.add_argument("--tokenizer", default="", help="a tokenizer.json (default: the run's)")
+    p.add_argument("--no-stop", action="store_true", help="keep going past <|endoftext|>")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def generate(args):
+    from trmlab.api import load
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    model, cfg = load(args.checkpoint, use_ema=not args.no_ema, device=str(device))
+    if cfg.task != "lm":
+        raise TrmError(f"{args.checkpoint} is a '{cfg.task}' model; generate needs a language model (task lm)")
+    if args.max_new_tokens < 1:
+        raise TrmError("--max-new-tokens must be >= 1")
+    tok = find_tokenizer(cfg, args.tokenizer, args.data_root)
+    prompt = [tok.eot_id] + tok.encode(args.prompt)
+    if len(prompt) + args.max_new_tokens > cfg.model.seq_len:
+        raise TrmError(f"prompt ({len(prompt)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
+                       f"model's context of {cfg.model.seq_len} tokens (model.seq_len)")
+    recursive = cfg.model.arch != "gpt"
+    n_sup = (args.n_sup or cfg.model.n_sup_inference) if recursive else 1
+    halt = recursive and cfg.model.halting == "act"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    g = generate_ids(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                     use_cache=not args.no_cache, n_sup=n_sup, halt=halt,
+                     stop_id=None if args.no_stop else tok.eot_id, device=device)
+    text = tok.decode(t for t in g.tokens if t != tok.eot_id)
+    mem, mem_kind = peak_memory_mb(device)
+    result = {"text": args.prompt + text, "new_tokens": len(g.tokens), "prompt_tokens": g.prompt_tokens,
+              "tokens_per_s": g.tokens_per_s, "prefill_s": g.prefill_s, "decode_s": g.decode_s,
+              "cache": not args.no_cache and not halt, "kv_cache_mb": g.cache_mb, "peak_memory_mb": mem,
+              "memory_kind": mem_kind, "device": str(device), "arch": cfg.model.arch,
+              "steps_per_token": sum(g.steps) / max(len(g.steps), 1), "n_sup_inference": n_sup}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(result["text"])
+    print("---")
+    how = "KV cache" if result["cache"] else "no cache (context recomputed per token)"
+    steps = (f"; supervision steps per token {result['steps_per_token']:.2f} of {n_sup}"
+             f"{' (ACT halting)' if halt else ''}" if recursive else "")
+    print(f"{cfg.model.arch}: {len(g.tokens)} tokens in {g.prefill_s + g.decode_s:.2f} s = {g.tokens_per_s:.1f} "
+          f"tokens/s on {device} ({how}, {g.cache_mb:.1f} MB); {mem_kind} {mem:.0f} MB{steps}")

@@ -1,0 +1,157 @@
+"""The recursive language model (seed 002) on the engine: token embedding -> causal shared core -> LM head.
+
+Each position's answer state y and latent z are refined by the shared core exactly as for puzzles (recursion.py);
+the core is causal, so the logits at position t depend on tokens <= t only, and every supervision step is a full
+next-token prediction that deep supervision can score. ``GPTConfig`` carries seed 002's field names so a
+seed-002 config pastes in; ``build_lm`` returns this model, or the plain GPT baseline when ``model.arch=gpt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from trmlab.nn.attention import KVCache
+from trmlab.nn.block import ReasoningCore
+from trmlab.recursion import Carry, RecursiveModel, deep_recursion, lecun_init_
+
+
+class TokenEmbedding(nn.Module):
+    """x = wte(tokens); unit scale (nanochat) so the input is not drowned by the unit-RMS initial y and z."""
+
+    def __init__(self, vocab_size: int, n_embd: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        nn.init.normal_(self.wte.weight, std=1.0)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.wte(batch["inputs"])
+
+
+class _CachedCore:
+    """The shared core with a KV cache where each application (call c of a decoding pass) owns its own slots.
+
+    Position t's state after the c-th core call depends only on tokens <= t and on what earlier positions had
+    after their own c-th call, so caching keys/values per (call, layer) reproduces full recomputation exactly.
+    """
+
+    def __init__(self, core: ReasoningCore, cache: KVCache):
+        self.core, self.cache, self.calls = core, cache, 0
+        self.n_layer = len(core.blocks)
+
+    def __call__(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        out = self.core(h, injection, self.cache, self.calls * self.n_layer)
+        self.calls += 1
+        return out
+
+
+class RecursiveLM(RecursiveModel):
+    """The engine with a causal core, plus incremental decoding for ``trm generate``."""
+
+    @torch.no_grad()
+    def decode(self, idx: torch.Tensor, cache: KVCache | None = None, n_sup: int | None = None,
+               halt: bool = False) -> tuple[torch.Tensor, int]:
+        """Logits of the last position of ``idx`` [B, L] after up to ``n_sup`` supervision steps, and steps used.
+
+        With a cache, ``idx`` holds only the new tokens; every step and recursion has its own cache slots, so the
+        result equals recomputing the whole context. ACT halting (``halt``) stops at the first step whose halting
+        logit (pooled over the whole sequence, as in training) is > 0; positions then differ in how many steps
+        they saw, which a cache cannot hold, so halting needs ``cache=None`` (the context is recomputed).
+        """
+        if halt and cache is not None:
+            raise ValueError("ACT halting recomputes the context: call decode with cache=None")
+        n_sup = n_sup or self.cfg.n_sup_inference
+        x = self.embed({"inputs": idx})
+        carry = self.initial_carry(x)
+        core = _CachedCore(self.core, cache) if cache is not None else self.core
+        steps = n_sup
+        for k in range(n_sup):
+            y, z = deep_recursion(core, x, carry.y, carry.z, self.n_loops, self.T_recursion)
+            carry = Carry(y, z)
+            if halt and bool((self.q_head(y.mean(dim=1)) > 0).all()):
+                steps = k + 1
+                break
+        return self.head(carry.y[:, -1]), steps
+
+
+def build_lm(cfg) -> nn.Module:
+    """The LM for a ModelConfig with vocab_size and seq_len filled: recursive (default) or the plain GPT."""
+    if cfg.arch == "gpt":
+        from trmlab.models.gpt import build_gpt
+        return build_gpt(cfg)
+    embed = TokenEmbedding(cfg.vocab_size, cfg.n_embd)
+    core = ReasoningCore(cfg, cfg.seq_len)
+    head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+    lecun_init_(core)
+    lecun_init_(head)
+    return RecursiveLM(cfg, embed, core, head)
+
+
+def flops_per_token(model: nn.Module, cfg, training: bool = True) -> float:
+    """Approximate FLOPs per token (Kaplan et al.: 2 x params + attention, backward = 2 x forward).
+
+    A core call costs 2 x core params + 2 x n_layer x seq_len x n_embd (attention scores and values). The
+    recursive LM runs n_sup x T_recursion x (n_loops + 1) core calls per token; in training only the last
+    recursion of each step is backpropagated (x3), the T-1 no-grad ones are forward only (x1). The head runs
+    once per supervision step. The embedding lookup is free.
+    """
+    m = cfg.model
+    core = sum(p.numel() for n, p in model.named_parameters() if n.startswith("core."))
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("head.", "lm_head.")))
+    call = 2 * core + 2 * m.n_layer * m.seq_len * m.n_embd
+    if m.arch == "gpt":
+        grad_calls, free_calls, n_sup = 1, 0, 1
+    else:
+        grad_calls, free_calls = m.n_loops + 1, (m.T_recursion - 1) * (m.n_loops + 1)
+        n_sup = m.n_sup_train if training else m.n_sup_inference
+    if not training:
+        return float(n_sup * ((grad_calls + free_calls) * call + 2 * head))
+    return float(n_sup * (3 * grad_calls * call + free_calls * call + 6 * head))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Seed 002's config, as its users write it, and its mapping onto ours.
+
+@dataclass
+class GPTConfig:
+    """Seed 002's ``GPTConfig`` field for field (defaults: its configuration A). ``to_config`` maps it onto a
+    trmlab Config (model / train / data sections); ``from_config`` reads it back."""
+
+    sequence_len: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 4
+    n_embd: int = 768
+    n_loops: int = 3
+    T_recursion: int = 2
+    n_sup_train: int = 8
+    n_sup_inference: int = 8
+    activation_fn: str = "swiglu"
+    supervision_weight_base: float = 5.0
+    improvement_reward_scale: float = 1.0
+
+    # seed-002 name -> (section, our name); every other field has the same name in ModelConfig
+    RENAMED = {"sequence_len": ("model", "seq_len"), "supervision_weight_base": ("train", "supervision_weight_base"),
+               "improvement_reward_scale": ("train", "improvement_reward_scale")}
+
+    def to_config(self, preset: str = "lm-A", overrides: list[str] | tuple = ()):
+        """``preset`` + overrides with this config's values on top; vocab_size sizes both tokenizer and table."""
+        from trmlab.config import load_config, replace
+        cfg = load_config(preset, list(overrides))
+        sections: dict = {"model": {}, "train": {}, "data": {"vocab_size": self.vocab_size}}
+        for f in fields(self):
+            section, name = self.RENAMED.get(f.name, ("model", f.name))
+            sections[section][name] = getattr(self, f.name)
+        return replace(cfg, **sections)
+
+    @classmethod
+    def from_config(cls, cfg) -> "GPTConfig":
+        m, t = cfg.model, cfg.train
+        values = {f.name: getattr(m, f.name) for f in fields(cls) if f.name not in cls.RENAMED}
+        values.update(sequence_len=m.seq_len, vocab_size=m.vocab_size or cfg.data.vocab_size,
+                      n_kv_head=m.n_kv_head or m.n_head, supervision_weight_base=t.supervision_weight_base,
+                      improvement_reward_scale=t.improvement_reward_scale)
+        return cls(**values)
