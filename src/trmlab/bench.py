@@ -90,6 +90,29 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, 
     return best
 
 
+@contextlib.contextmanager
+def num_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """The peak MFU divides by: on CPU the larger of all threads together and cores x one thread (a busy
+    machine starves multi-threaded matmuls first), so MFU is never inflated by a low peak. With how it was got."""
+    peak = matmul_peak_flops(device, dtype)
+    if device.type != "cpu":
+        return peak, f"{peak / 1e9:,.1f} GFLOP/s"
+    cores = machine()["cores"]
+    with num_threads(1):
+        one = matmul_peak_flops(device, dtype)
+    return max(peak, cores * one), (f"{max(peak, cores * one) / 1e9:,.1f} GFLOP/s (all {torch.get_num_threads()} "
+                                    f"threads together {peak / 1e9:,.1f}; one thread {one / 1e9:,.1f} x {cores} cores)")
+
+
 def peak_dtype(device: torch.device, train_dtype: str) -> torch.dtype:
     """fp32 on CPU (its fast path); on CUDA the dtype the matmuls run in."""
     if device.type == "cuda" and train_dtype in ("bfloat16", "float16"):
@@ -182,6 +205,16 @@ def engine_overhead(trainer, reps: int = 7) -> dict | None:
     return {"engine_ms": 1e3 * e, "bare_ms": 1e3 * b, "overhead_pct": 100 * (e / b - 1)}
 
 
+def describe(cfg, model) -> str:
+    """The resolved model a row measured (presets change; the figures must say what they were taken on)."""
+    m, t = cfg.model, cfg.train
+    params = sum(p.numel() for p in model.parameters())
+    shape = f"d {m.n_embd}, {m.n_layer} layers, {m.core}, {params / 1e6:.2f}M params"
+    if getattr(m, "arch", "recursive") == "gpt":
+        return f"plain GPT, {shape}"
+    return f"{shape}, n_loops {m.n_loops}, T_recursion {m.T_recursion}, N_sup {m.n_sup_train} ({t.supervision})"
+
+
 def run_case(case: dict) -> dict:
     """Inside a fresh process (or each torchrun rank): build the trainer, warm up, time steps, measure."""
     from trmlab.train.trainer import Trainer
@@ -208,7 +241,7 @@ def run_case(case: dict) -> dict:
             times.append(time.perf_counter() - t)
         out.update(step_s=statistics.median(times), step_s_min=min(times), peak_mem_mb=peak_memory_mb(trainer.device),
                    batch=cfg.train.batch_size, seq_len=cfg.model.seq_len + cfg.model.puzzle_emb_len,
-                   task=cfg.task, arch=getattr(cfg.model, "arch", "recursive"))
+                   task=cfg.task, arch=getattr(cfg.model, "arch", "recursive"), model=describe(cfg, trainer.model))
         if case.get("count"):
             out["flops"], out["act_bytes"] = count_step(trainer)
         if case.get("overhead"):
@@ -282,13 +315,20 @@ class Bench:
         self.args, self.sections = args, []
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    def launch(self, label: str, case: dict, procs: int = 1) -> dict:
+        """``launch`` with a progress line on stderr (a full bench takes minutes)."""
+        r = launch(case, procs)
+        done = r["error"] if "error" in r else f"{1e3 * r['step_s']:,.0f} ms/step"
+        print(f"  {label}: {done}", file=sys.stderr, flush=True)
+        return r
+
     def case(self, preset: str, extra: list[str] = (), **flags) -> dict:
         return {"preset": preset, "overrides": [*self.args.overrides, *extra], "warmup": self.args.warmup,
                 "steps": self.args.steps, "data_root": self.args.data_root, **flags}
 
     def preset(self, name: str, peak: float):
         a = self.args
-        base = launch(self.case(name, count=True, overhead=a.overhead))
+        base = self.launch("eager, 1 process", self.case(name, count=True, overhead=a.overhead))
         if "error" in base:
             self.sections.append((f"{name}: skipped", f"{base['error']}"))
             return
@@ -298,12 +338,12 @@ class Bench:
         variants += [("bf16 autocast, 1 process", ["train.dtype=bfloat16"], 1)] if a.bf16 else []
         variants += [(f"eager, {p} processes", [], p) for p in a.procs if p > 1]
         for label, extra, procs in variants:
-            r = launch(self.case(name, extra), procs)
+            r = self.launch(label, self.case(name, extra), procs)
             rows.append({"case": label, **(throughput(r, flops, peak) if "error" not in r else {"step ms": r["error"]})})
             if "first_step_s" in r and "compile" in label:
                 rows[-1]["first step s"] = r["first_step_s"]
-        head = (f"{name} ({base['task']}, batch {base['batch']}, seq {base['seq_len']}, {base['device']}; "
-                f"FLOPs counted per training step)")
+        head = (f"{name} ({base['task']}: {base['model']}; batch {base['batch']}, seq {base['seq_len']}, "
+                f"{base['device']}; FLOPs counted per training step)")
         self.sections.append((head, table(rows)))
         if base.get("overhead"):
             o = base["overhead"]
@@ -318,7 +358,7 @@ class Bench:
     def sweep(self, name: str, key: str, values: list[int], peak: float):
         rows, peaks, acts = [], [], []
         for v in values:
-            r = launch(self.case(name, [f"model.{key}={v}"], count=True))
+            r = self.launch(f"{key}={v}", self.case(name, [f"model.{key}={v}"], count=True))
             if "error" in r:
                 rows.append({key: v, "step ms": r["error"]})
                 continue
@@ -335,8 +375,8 @@ class Bench:
         a = self.args
         t_dtype = next((o.split("=", 1)[1] for o in a.overrides if o.startswith("train.dtype=")), "float32")
         dtype = peak_dtype(self.device, t_dtype)
-        peak = matmul_peak_flops(self.device, dtype)
         m, load0 = machine(), load_average()
+        peak, self.peak_note = machine_peak_flops(self.device, dtype)
         for name in a.presets:
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
             self.preset(name, peak)
@@ -349,7 +389,7 @@ class Bench:
                  "",
                  f"Machine: {hw}CPU {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
                  f"Python {m['python']}. Load average (1/5/15 min) at start {load0}, at end {load_average()}.",
-                 f"Measured matmul peak: {peak / 1e9:,.1f} GFLOP/s ({str(dtype).replace('torch.', '')}); "
+                 f"Measured {str(dtype).replace('torch.', '')} matmul peak: {self.peak_note}; "
                  f"MFU is against it. Steps: {a.warmup} warmup, median of {a.steps} timed.",
                  "",
                  f"Command: `{a.command}`"]

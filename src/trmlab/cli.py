@@ -27,6 +27,7 @@ COMMANDS = {
     "study": ("trmlab.study_cli:study", "scaling studies (seed 004): trm study {list,run,export,report}"),
     "bench": ("trmlab.bench:bench", "step time, throughput, MFU, memory vs T_recursion: trm bench [preset ...]"),
     "compress": ("trmlab.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),
+    "latent": ("trmlab.latent_cli:latent", "seed 001 phases 2-3: trm latent {data,train,rl} (TRM on thoughts, GRPO)"),
 }
 
 

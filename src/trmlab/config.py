@@ -8,6 +8,7 @@ when exactly one section has it, and the paper's / official code's names are ali
 
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -308,8 +309,8 @@ def _resolve_key(key: str, d: dict) -> list[str]:
 
 
 def parse_overrides(overrides: list[str], d: dict) -> dict:
-    """Apply ``key=value`` strings to the nested dict ``d`` (values parsed as YAML scalars)."""
-    d = _merge({}, d)
+    """Apply ``key=value`` strings to a copy of the nested dict ``d`` (values parsed as YAML scalars)."""
+    d = copy.deepcopy(d)
     for item in overrides:
         if "=" not in item:
             raise TrmError(f"override '{item}' is not key=value (e.g. model.n_embd=256)")

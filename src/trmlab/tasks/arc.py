@@ -157,7 +157,7 @@ class ArcTask(PuzzleTask):
 
         Exit code 0 when every test pair with a known output is solved within two attempts (or none is known).
         """
-        from trmlab.data.arc import _parse_task, encode_grid
+        from trmlab.data.arc import _parse_task, encode_grid, render_task_png
         from trmlab.data.puzzles import PuzzleSplit
         from trmlab.eval.arc_vote import vote
         from trmlab.eval.puzzle import evaluate_puzzles
@@ -199,7 +199,6 @@ class ArcTask(PuzzleTask):
             print(f"test[{i}]: {verdict} (pass@2; {len(candidates)} candidates from {len(views)} views"
                   + (f", top one {best.votes} votes, confidence {best.confidence:.2f})" if best else ")"))
             print(_grid_text(best.grid) if best else "(no grid predicted)")
-            from trmlab.data.arc import render_task_png
             png = render_task_png(_png_path(out, task.id, i, len(task.test)), inp, expected,
                                   best.grid if best else None, title=f"{task.id} test[{i}]: {verdict}")
             print(f"picture: {png}")

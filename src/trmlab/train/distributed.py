@@ -112,16 +112,6 @@ def prepare(model: nn.Module, ema_model: nn.Module | None, d: Dist, t, log) -> n
     return model
 
 
-def wrap(model: nn.Module, d: Dist):
-    """The callable used for forward passes (the model itself; gradients are synced in ``sync_grads``)."""
-    return model
-
-
-def try_compile(fn, log):
-    """Compile ``fn`` if this platform can (see compile_available), else return it unchanged."""
-    return torch.compile(fn) if compile_available(log) else fn
-
-
 def _blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks of the shared core: the unit of compilation, recomputation and sharding."""
     core = getattr(model, "core", None)

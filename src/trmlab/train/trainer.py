@@ -322,7 +322,9 @@ class Trainer:
     def fit(self) -> dict:
         t = self.cfg.train
         self.log_line(f"{self.cfg.name or 'run'}: {model_summary(self.model, self.cfg)}")
-        bar = tqdm(total=t.steps, initial=self.step, disable=self.quiet or not self.dist.is_main,
+        # Under a time budget the step count is open-ended: show a counter and the rate, not a far-off total.
+        bar = tqdm(total=None if t.time_budget_s else t.steps, initial=self.step,
+                   disable=self.quiet or not self.dist.is_main,
                    desc=self.cfg.name or "train", dynamic_ncols=True)
         last_eval = None
         while not self._should_stop():
