@@ -3,7 +3,8 @@
 import pytest
 
 from trmlab.cli import main
-from trmlab.data.sudoku import SudokuDataConfig, build_sudoku, load_puzzle_dataset, decode_tokens
+from trmlab.data.puzzles import load_puzzle_dataset
+from trmlab.data.sudoku import SudokuDataConfig, build_sudoku, decode_tokens
 
 
 def run(capsys, *argv):

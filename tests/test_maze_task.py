@@ -8,7 +8,8 @@ import pytest
 from trmlab.api import build_model
 from trmlab.cli import main
 from trmlab.config import load_config
-from trmlab.data.maze import OPEN, PATH, MazeDataConfig, build_maze, load_puzzle_dataset, tokens_to_text, write_csv
+from trmlab.data.maze import OPEN, PATH, MazeDataConfig, build_maze, tokens_to_text, write_csv
+from trmlab.data.puzzles import load_puzzle_dataset
 from trmlab.tasks import get_task
 from trmlab.tasks.puzzle import PuzzleData
 from trmlab.train.trainer import train

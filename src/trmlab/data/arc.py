@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset, params_slug, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, save_puzzle_dataset
 from trmlab.errors import TrmError
 
 GRID_MAX = 30
@@ -368,13 +368,9 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
     augmentation, group id = index of the (task, test pair). Metadata names each puzzle id's and each test row's task
     and augmentation, so predictions can be inverted and voted on (trmlab.eval.arc_vote).
     """
-    out_dir = Path(out_root) / params_slug("arc", asdict(cfg))
-    if out_dir.exists() and not force:
-        try:
-            load_puzzle_dataset(out_dir)
-            return out_dir
-        except TrmError as e:
-            print(f"rebuilding: {e}")
+    out_dir, ready = cached_dataset("arc", asdict(cfg), out_root, force)
+    if ready:
+        return out_dir
     train_tasks, skipped = _load_split(cfg, cfg.train_split)
     eval_tasks, skipped_eval = _load_split(cfg, cfg.eval_split)
     shared = sorted({t.id for t in train_tasks} & {t.id for t in eval_tasks})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset, params_slug, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, save_puzzle_dataset
 from trmlab.errors import TrmError
 
 CHARSET = "# SGo"
@@ -496,13 +496,9 @@ def _mean_path_len(split: PuzzleSplit) -> float | None:
 
 def build_maze(cfg: MazeDataConfig, out_root: str | Path = "data", force: bool = False) -> Path:
     """Build (or reuse) the maze dataset for ``cfg`` under ``out_root/params_slug('maze', cfg)``; returns its path."""
-    out_dir = Path(out_root) / params_slug("maze", asdict(cfg))
-    if out_dir.exists() and not force:
-        try:
-            load_puzzle_dataset(out_dir)
-            return out_dir
-        except TrmError:
-            pass  # partial or corrupt: rebuild below
+    out_dir, ready = cached_dataset("maze", asdict(cfg), out_root, force)
+    if ready:
+        return out_dir
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
     mazes = _generate_split_mazes(cfg, rng) if cfg.source == "generate" else _csv_split_mazes(cfg, rng)

@@ -47,6 +47,21 @@ def params_slug(task: str, params: dict) -> str:
     return f"{task}-{digest}"
 
 
+def cached_dataset(task: str, params: dict, out_root, force: bool = False) -> tuple[Path, bool]:
+    """The directory a dataset built from ``params`` lives in, and whether a complete, verified copy is already there.
+
+    A partial or corrupt directory is reported on one line and rebuilt by the caller.
+    """
+    out_dir = Path(out_root) / params_slug(task, params)
+    if out_dir.exists() and not force:
+        try:
+            load_puzzle_dataset(out_dir)
+            return out_dir, True
+        except TrmError as e:
+            print(f"rebuilding: {e}")
+    return out_dir, False
+
+
 def content_hash(splits: dict[str, PuzzleSplit]) -> str:
     h = hashlib.sha256()
     for split in sorted(splits):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset, params_slug, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, save_puzzle_dataset
 from trmlab.errors import TrmError
 
 VOCAB_SIZE = 11
@@ -461,13 +461,9 @@ def _split(puzzles, solutions, num_aug: int, rng: np.random.Generator | None, de
 
 def build_sudoku(cfg: SudokuDataConfig, out_root="data", force: bool = False) -> Path:
     """Build (or reuse) the dataset for ``cfg`` under ``out_root``; returns its directory."""
-    out_dir = Path(out_root) / params_slug("sudoku", asdict(cfg))
-    if out_dir.exists() and not force:
-        try:
-            load_puzzle_dataset(out_dir)
-            return out_dir
-        except TrmError as e:
-            print(f"rebuilding: {e}")
+    out_dir, ready = cached_dataset("sudoku", asdict(cfg), out_root, force)
+    if ready:
+        return out_dir
     if cfg.source == "generate":
         # separate streams: the test set does not change when n_train does
         test = _generate_split(cfg, cfg.n_test, np.random.default_rng([cfg.seed, 1]), "sudoku test", set())
