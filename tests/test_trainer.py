@@ -128,3 +128,11 @@ def test_summed_weights_grow_with_base():
     w = supervision_weights(4, 5.0)
     assert torch.isclose(w.sum(), torch.tensor(1.0)) and torch.isclose(w[-1] / w[0], torch.tensor(5.0))
     assert torch.allclose(supervision_weights(3, 1.0), torch.full((3,), 1 / 3))
+
+
+def test_ema_decay_warms_up_then_holds():
+    from trmlab.train.ema import EMA
+    ema = EMA(torch.nn.Linear(2, 2), 0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1)
+    assert ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(100_000) == 0.999

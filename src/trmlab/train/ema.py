@@ -15,11 +15,17 @@ class EMA:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        """Warm-up of the decay, min(decay, (1 + step) / (10 + step)): early in a run the average follows the
+        weights closely instead of carrying most of the random initialisation for ~1/(1 - decay) steps."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module):
+    def update(self, model: nn.Module, step: int | None = None):
+        decay = self.decay if step is None else self.decay_at(step)
         ema_params = list(self.model.parameters())
         params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1 - self.decay)
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
 
     def state_dict(self):
         return self.model.state_dict()

@@ -258,7 +258,7 @@ class Trainer:
             for opt in self.optimizers:
                 opt.step()
             if self.ema:
-                self.ema.update(self.model)
+                self.ema.update(self.model, self.step)
         for k, v in metrics.items():
             record[k] = float(v.float().mean()) if torch.is_tensor(v) else v
         self.step += 1
