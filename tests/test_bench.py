@@ -78,7 +78,7 @@ def test_a_failing_case_is_reported_not_raised(monkeypatch):
     monkeypatch.setattr(bench, "launch", lambda case, procs=1, timeout=0: {"error": "trm: error: no data offline"})
     b = bench.Bench(type("A", (), {"overrides": [], "warmup": 1, "steps": 1, "data_root": "data", "overhead": False,
                                    "compile": False, "bf16": False, "procs": [1], "T": [], "n": []})())
-    b.preset("sudoku-paper", 1e9)
+    b.preset("sudoku-paper")
     assert b.sections == [("sudoku-paper: skipped", "trm: error: no data offline")]
 
 

@@ -6,8 +6,10 @@
 
 Every figure comes from the trainer's own ``train_step`` (optimizer, EMA and all), run in a fresh process per
 case so peak memory (RSS on CPU, max allocated on CUDA) is that case's alone. FLOPs are counted, not estimated:
-``FlopCounterMode`` over one eager training step. MFU divides achieved FLOP/s by the peak this machine reaches
-in a large matmul loop (fp32 on CPU; bf16 on CUDA when training in bf16), measured here on every run. The
+``FlopCounterMode`` over one eager training step. MFU divides achieved FLOP/s by the peak the same processes
+reach in a large matmul loop (fp32 on CPU; bf16 on CUDA when training in bf16), measured just before the timed
+steps, so a machine whose load changes during a bench is compared like with like (the header also gives the
+whole machine's peak). The
 engine's overhead is its training step against the same blocks applied the same number of times in a plain
 loop. The table goes to stdout and is appended to docs/benchmarks.md with the machine, load, date and command.
 """
@@ -101,8 +103,8 @@ def num_threads(n: int):
 
 
 def machine_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    """The peak MFU divides by: on CPU the larger of all threads together and cores x one thread (a busy
-    machine starves multi-threaded matmuls first), so MFU is never inflated by a low peak. With how it was got."""
+    """The whole machine's peak for the report's header: on CPU the larger of all threads together and cores x
+    one thread (a busy machine starves multi-threaded matmuls first). With a line saying how it was got."""
     peak = matmul_peak_flops(device, dtype)
     if device.type != "cpu":
         return peak, f"{peak / 1e9:,.1f} GFLOP/s"
@@ -205,6 +207,19 @@ def engine_overhead(trainer, reps: int = 7) -> dict | None:
     return {"engine_ms": 1e3 * e, "bare_ms": 1e3 * b, "overhead_pct": 100 * (e / b - 1)}
 
 
+def case_peak_flops(trainer) -> float:
+    """The matmul peak of the cores this case runs on, now: summed over ranks, which measure at the same time."""
+    d = trainer.dist
+    if d.world_size > 1:
+        torch.distributed.barrier()
+    peak = matmul_peak_flops(trainer.device, peak_dtype(trainer.device, trainer.cfg.train.dtype), seconds=1.0)
+    if d.world_size > 1:
+        t = torch.tensor([peak], dtype=torch.float64, device=trainer.device)
+        torch.distributed.all_reduce(t)
+        peak = float(t.item())
+    return peak
+
+
 def describe(cfg, model) -> str:
     """The resolved model a row measured (presets change; the figures must say what they were taken on)."""
     m, t = cfg.model, cfg.train
@@ -230,6 +245,7 @@ def run_case(case: dict) -> dict:
             if i == 0:
                 out["first_step_s"] = time.perf_counter() - first  # includes compilation
         out["setup_s"] = first - t0
+        out["peak_flops"] = case_peak_flops(trainer)
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         times = []
@@ -278,7 +294,7 @@ def launch(case: dict, procs: int = 1, timeout: float = 3600) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ the report
-def throughput(r: dict, flops: float | None, peak: float) -> dict:
+def throughput(r: dict, flops: float | None) -> dict:
     s = r["step_s"]
     row = {"step ms": 1e3 * s, "samples/s": r["batch"] / s}
     if r["task"] == "lm":
@@ -286,7 +302,8 @@ def throughput(r: dict, flops: float | None, peak: float) -> dict:
     if flops:
         row["GFLOP/step"] = flops / 1e9
         row["GFLOP/s"] = flops / s / 1e9
-        row["MFU %"] = 100 * flops / s / peak
+        row["peak GFLOP/s"] = r["peak_flops"] / 1e9
+        row["MFU %"] = 100 * flops / s / r["peak_flops"]
     row["peak MB"] = r["peak_mem_mb"]
     return row
 
@@ -326,20 +343,20 @@ class Bench:
         return {"preset": preset, "overrides": [*self.args.overrides, *extra], "warmup": self.args.warmup,
                 "steps": self.args.steps, "data_root": self.args.data_root, **flags}
 
-    def preset(self, name: str, peak: float):
+    def preset(self, name: str):
         a = self.args
         base = self.launch("eager, 1 process", self.case(name, count=True, overhead=a.overhead))
         if "error" in base:
             self.sections.append((f"{name}: skipped", f"{base['error']}"))
             return
         flops = base["flops"]
-        rows = [{"case": "eager, 1 process", **throughput(base, flops, peak)}]
+        rows = [{"case": "eager, 1 process", **throughput(base, flops)}]
         variants = [("compile, 1 process", ["train.compile=true"], 1)] if a.compile else []
         variants += [("bf16 autocast, 1 process", ["train.dtype=bfloat16"], 1)] if a.bf16 else []
         variants += [(f"eager, {p} processes", [], p) for p in a.procs if p > 1]
         for label, extra, procs in variants:
             r = self.launch(label, self.case(name, extra), procs)
-            rows.append({"case": label, **(throughput(r, flops, peak) if "error" not in r else {"step ms": r["error"]})})
+            rows.append({"case": label, **(throughput(r, flops) if "error" not in r else {"step ms": r["error"]})})
             if "first_step_s" in r and "compile" in label:
                 rows[-1]["first step s"] = r["first_step_s"]
         head = (f"{name} ({base['task']}: {base['model']}; batch {base['batch']}, seq {base['seq_len']}, "
@@ -353,9 +370,9 @@ class Bench:
         if base["arch"] != "gpt":
             for key, values in (("T_recursion", a.T), ("n_loops", a.n)):
                 if values:
-                    self.sweep(name, key, values, peak)
+                    self.sweep(name, key, values)
 
-    def sweep(self, name: str, key: str, values: list[int], peak: float):
+    def sweep(self, name: str, key: str, values: list[int]):
         rows, peaks, acts = [], [], []
         for v in values:
             r = self.launch(f"{key}={v}", self.case(name, [f"model.{key}={v}"], count=True))
@@ -363,7 +380,7 @@ class Bench:
                 rows.append({key: v, "step ms": r["error"]})
                 continue
             rows.append({key: v, "step ms": 1e3 * r["step_s"], "GFLOP/step": r["flops"] / 1e9,
-                         "MFU %": 100 * r["flops"] / r["step_s"] / peak, "peak MB": r["peak_mem_mb"],
+                         "MFU %": 100 * r["flops"] / r["step_s"] / r["peak_flops"], "peak MB": r["peak_mem_mb"],
                          "saved activations MB": r["act_bytes"] / 2**20})
             peaks.append(r["peak_mem_mb"])
             acts.append(r["act_bytes"])
@@ -379,7 +396,7 @@ class Bench:
         peak, self.peak_note = machine_peak_flops(self.device, dtype)
         for name in a.presets:
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-            self.preset(name, peak)
+            self.preset(name)
         return self.report(m, peak, dtype, load0)
 
     def report(self, m: dict, peak: float, dtype: torch.dtype, load0: str) -> str:
@@ -389,8 +406,9 @@ class Bench:
                  "",
                  f"Machine: {hw}CPU {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
                  f"Python {m['python']}. Load average (1/5/15 min) at start {load0}, at end {load_average()}.",
-                 f"Measured {str(dtype).replace('torch.', '')} matmul peak: {self.peak_note}; "
-                 f"MFU is against it. Steps: {a.warmup} warmup, median of {a.steps} timed.",
+                 f"Measured {str(dtype).replace('torch.', '')} matmul peak of the machine: {self.peak_note}. "
+                 f"MFU is against the peak of each case's own processes and threads, measured just before its "
+                 f"timed steps (column 'peak GFLOP/s'). Steps: {a.warmup} warmup, median of {a.steps} timed.",
                  "",
                  f"Command: `{a.command}`"]
         for head, body in self.sections:
