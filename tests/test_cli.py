@@ -65,3 +65,11 @@ def test_demo_runs_end_to_end(capsys, tmp_path):
     assert rc == 0
     assert "no recursion" in out and "with ACT halting" in out
     assert len(list(tmp_path.glob("*/report.md"))) == 1
+
+
+def test_overrides_may_follow_options():
+    from trmlab.cli import parse
+    args = parse(["train", "sudoku", "model.n_loops=1", "--name", "x", "train.steps=3", "--quiet"])
+    assert args.overrides == ["model.n_loops=1", "train.steps=3"] and args.name == "x"
+    with pytest.raises(SystemExit):  # a stray word that is not key=value is still an error
+        parse(["train", "sudoku", "--name", "x", "oops"])
