@@ -16,9 +16,11 @@ def weights(run_dir):
     return load_file(latest_checkpoint(run_dir) / "model.safetensors")
 
 
-@pytest.mark.parametrize("mode", ["per_step", "summed"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, data_root, tiny_overrides, mode):
-    extra = [f"train.supervision={mode}", "train.supervision_weight_base=3", "train.improvement_reward_scale=0.5"]
+@pytest.mark.parametrize("mode, optimizer", [("per_step", "adam_atan2"), ("summed", "adam_atan2"),
+                                             ("per_step", "adamw")])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, data_root, tiny_overrides, mode, optimizer):
+    extra = [f"train.supervision={mode}", "train.supervision_weight_base=3", "train.improvement_reward_scale=0.5",
+             f"train.optimizer={optimizer}"]
     full = load_config("sudoku", tiny_overrides + extra + ["train.steps=6"])
     train(full, tmp_path / "full", data_root=data_root, quiet=True)
 
@@ -136,3 +138,9 @@ def test_ema_decay_warms_up_then_holds():
     assert ema.decay_at(0) == pytest.approx(0.1)
     assert ema.decay_at(90) == pytest.approx(0.91)
     assert ema.decay_at(100_000) == 0.999
+
+
+def test_adamw_is_fused_where_pytorch_has_the_kernel():
+    from trmlab.train.optim import adamw
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    assert adamw([{"params": [p]}], (0.9, 0.95)).defaults["fused"]
