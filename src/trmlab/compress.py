@@ -47,6 +47,8 @@ from trmlab.data.hidden_states import (
     canonical_dtype,
     extract_hidden_states,
     finalize_manifest,
+    check_hf_path,
+    find_source_loader,
     hub_reachable,
     iter_texts,
     load_hidden_state_source,
@@ -99,9 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s.add_argument("--sweep_d_values", type=int, nargs="+", default=list(DEFAULT_SWEEP))
     d = p.add_argument_group("source model and data")
     d.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"source causal LM: hub name (needs network), local path, or '{TINY_RANDOM}' (a tiny "
-                        f"randomly initialised Llama, D={TINY_HIDDEN_SIZE}, for offline smoke runs)")
-    d.add_argument("--layer", type=int, default=-1, help="index into output_hidden_states (-1 = last layer)")
+                   help=f"source causal LM: hub name (needs network), local transformers directory, a trmlab LM run "
+                        f"directory (runs/<name> from `trm train lm-tiny|gpt-tiny|...`: offline, really trained), or "
+                        f"'{TINY_RANDOM}' (a tiny randomly initialised Llama, D={TINY_HIDDEN_SIZE}, smoke runs)")
+    d.add_argument("--layer", type=int, default=-1,
+                   help="index into the hidden-state tuple, 0 = embeddings, -1 = the state the LM head reads "
+                        "(default). transformers: output_hidden_states; trmlab GPT: per block; trmlab recursive "
+                        "LM: y after each supervision step")
+    d.add_argument("--data_root", default="data",
+                   help="trmlab run as --model: where its `trm train` built the data (holds its tokenizer)")
+    d.add_argument("--tokenizer", default=None, help="trmlab run as --model: an explicit tokenizer.json")
     d.add_argument("--text_source", default="auto",
                    help="auto | fineweb-edu | synthetic | local .txt/.jsonl/.parquet file or directory | HF dataset "
                         "name. auto = fineweb-edu for 1a when online, else the offline synthetic corpus; for 1b "
@@ -123,6 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--pca_max_tokens", type=int, default=100_000, help="training tokens used to fit PCA")
     t.add_argument("--resume", action="store_true", help="continue from the latest stage<X>_step<N> checkpoint")
     t.add_argument("--no_progress", action="store_true", help="no progress bars")
+    t.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (0 = torch default; 1 on a shared machine)")
     return p
 
 
@@ -226,15 +237,22 @@ def _validate(args) -> list[int]:
     return d_values
 
 
-def probe_source(name: str, layer: int) -> tuple[int, int]:
-    """(hidden size D, number of layers) of ``--model`` without loading its weights when possible."""
-    if name == TINY_RANDOM:
-        return TINY_HIDDEN_SIZE, TINY_NUM_LAYERS
-    from trmlab.data import hidden_states as hs
+def source_options(args) -> dict:
+    """Options a registered source loader (a trmlab LM run) takes from the command line."""
+    return {"data_root": getattr(args, "data_root", None), "tokenizer": getattr(args, "tokenizer", None)}
 
-    if hs._SOURCE_LOADERS:  # a registered (e.g. trmlab LM) source: load it to ask
-        src = load_hidden_state_source(name, device="cpu")
-        return int(src.hidden_size), int(getattr(src, "num_layers", 0) or 0)
+
+def probe_source(name: str, options: dict | None = None) -> dict:
+    """``hidden_size`` (D), ``num_layers`` (0 = unknown), ``fingerprint`` (a registered source's exact weights, or
+    None) and ``context`` (None = unlimited) of ``--model``, without loading its weights."""
+    if name == TINY_RANDOM:
+        return {"hidden_size": TINY_HIDDEN_SIZE, "num_layers": TINY_NUM_LAYERS, "fingerprint": None, "context": None}
+    loader = find_source_loader(name)
+    if loader is not None:  # e.g. a trmlab LM run: sizes from its saved config, weights named by their hash
+        info = loader.probe(name, **(options or {}))
+        return {"hidden_size": int(info["hidden_size"]), "num_layers": int(info.get("num_layers") or 0),
+                "fingerprint": info.get("fingerprint"), "context": info.get("context")}
+    check_hf_path(name)
     if not Path(name).expanduser().exists() and not hub_reachable():
         raise TrmError(f"cannot load model {name}: not a local path and no network")
     from transformers import AutoConfig
@@ -248,7 +266,8 @@ def probe_source(name: str, layer: int) -> tuple[int, int]:
     d = getattr(text_cfg, "hidden_size", None) or getattr(text_cfg, "n_embd", None)
     if d is None:
         raise TrmError(f"model {name}: cannot tell its hidden size from config.json")
-    return int(d), int(getattr(text_cfg, "num_hidden_layers", 0) or 0)
+    return {"hidden_size": int(d), "num_layers": int(getattr(text_cfg, "num_hidden_layers", 0) or 0),
+            "fingerprint": None, "context": None}
 
 
 def _stage_checkpoints(out_dir: Path, stage: str) -> list[tuple[int, Path]]:
@@ -463,6 +482,7 @@ def train_compressor(args, accelerator, cache: HiddenStateCache, train_idx: list
     device = accelerator.device
     step, last_eval = start_step, None
     t0 = time.time()
+    train_s, train_tokens = 0.0, 0.0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage} d{d}", unit="step", dynamic_ncols=True,
@@ -475,6 +495,7 @@ def train_compressor(args, accelerator, cache: HiddenStateCache, train_idx: list
         for s in range(steps_per_epoch):
             if epoch * steps_per_epoch + s < step:
                 continue
+            t_step = time.perf_counter()
             gb = order[s * global_batch : (s + 1) * global_batch]
             x, mask = cache.get([train_idx[i] for i in gb[rank * B : (rank + 1) * B]])
             x, mask = x.to(device), mask.to(device)
@@ -488,6 +509,8 @@ def train_compressor(args, accelerator, cache: HiddenStateCache, train_idx: list
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            train_s += time.perf_counter() - t_step  # reading the cache + forward/backward/update, no evals
+            train_tokens += float(mask.sum())
             step += 1
             bar.update(1)
             if step % args.log_every == 0 or step == total_steps:
@@ -514,12 +537,19 @@ def train_compressor(args, accelerator, cache: HiddenStateCache, train_idx: list
     save(f"stage{stage}_final", step, int(args.num_epochs) - 1, final, final=True)
     logger.finish()
     pca_d = (pca or {}).get(d, {})
+    steps_run = step - start_step
+    throughput = {"train_seconds": round(train_s, 3),
+                  "samples_per_s": steps_run * global_batch / max(train_s, 1e-9),
+                  "tokens_per_s": train_tokens * P / max(train_s, 1e-9)}  # rank 0's tokens x P: an estimate
+    if steps_run:
+        log(f"[d{d}] training throughput: {throughput['samples_per_s']:,.1f} samples/s "
+            f"(~{throughput['tokens_per_s']:,.0f} tokens/s), {steps_run} steps in {train_s:.1f}s without evals")
     log(f"[d{d}] final (step {step}, {time.time() - t0:.1f}s): held-out cos {final['cosine_similarity']:.4f}, "
         f"mse {final['mse']:.4g}, rel err {final['relative_error']:.4f}, var ratio {final['variance_ratio']:.4f}"
         + (f" | PCA-{d}: cos {pca_d['cosine_similarity']:.4f}, mse {pca_d['mse']:.4g}" if pca_d else "")
         + f" -> {checkpoint_paths(out_dir / f'stage{stage}_final')[0]}")
     return {"d_compressed": d, "d_model": D, "params": raw.num_parameters(), "compression_ratio": D / d,
-            "steps": step, "compressor": final, "pca": pca_d,
+            "steps": step, "compressor": final, "pca": pca_d, "throughput": throughput,
             "checkpoint": str(checkpoint_paths(out_dir / f"stage{stage}_final")[0])}
 
 
@@ -577,6 +607,8 @@ def train_phase1(args) -> dict:
     from accelerate.utils import InitProcessGroupKwargs
 
     d_values = _validate(args)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(int(args.threads))
     # A multi-process launch (accelerate launch --multi_gpu / torchrun) on a machine without CUDA means CPU
     # processes talking over gloo: accelerate only sets that up when told cpu=True.
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
@@ -601,16 +633,26 @@ def train_phase1(args) -> dict:
                     "num_samples": int(args.num_samples), "shard_size": int(args.shard_size)}
     if text_source.startswith("synthetic"):
         cache_config["seed"] = int(args.seed)
+    probed = None
+    if args.model != TINY_RANDOM and find_source_loader(args.model) is not None:
+        # a trmlab run: probing is cheap, and the cache key must name the exact weights (a retrained run under
+        # the same directory name must not reuse stale hidden states)
+        probed = probe_source(args.model, source_options(args))
+        cache_config["source"] = probed["fingerprint"]
     cache_root = Path(args.cache_dir) if args.cache_dir else out_root / "hidden_states"
     cache_dir = cache_root / f"{args.stage}-{cache_key(cache_config)}"
     man = read_manifest(cache_dir)
     cached = man is not None and man.get("complete") and man.get("config") == cache_config
 
     # 1. everything that can fail on bad input, before anything is written
-    if cached:
-        D, n_layers = int(man["hidden_size"]), 0
-    else:
-        D, n_layers = probe_source(args.model, args.layer)
+    if probed is None and not cached:
+        probed = probe_source(args.model, source_options(args))
+    D = int(man["hidden_size"]) if cached else probed["hidden_size"]
+    n_layers = probed["num_layers"] if probed else 0
+    context = probed["context"] if probed else None
+    if context and args.max_seq_length > context:
+        log(f"note: {args.model} has a context of {context} tokens: texts are cut to {context} tokens "
+            f"(--max_seq_length {args.max_seq_length})")
     if n_layers and not -(n_layers + 1) <= args.layer <= n_layers:
         raise TrmError(f"--layer {args.layer} out of range for {args.model} ({n_layers} layers: "
                        f"use -{n_layers + 1}..{n_layers})")
@@ -634,24 +676,50 @@ def train_phase1(args) -> dict:
         texts = iter_texts(text_source, args.stage, args.text_field, args.num_samples, args.seed, log=log)
 
     # 2. hidden states (resumable cache, shards split across processes)
+    extraction = None
     if cached:
         log(f"hidden states: using the finished cache {cache_dir}")
     else:
-        est = args.num_samples * args.max_seq_length * D * torch.finfo(
+        est = args.num_samples * min(args.max_seq_length, context or args.max_seq_length) * D * torch.finfo(
             {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]).bits / 8
         log(f"hidden states: {args.model} layer {args.layer} over up to {args.num_samples} texts from {text_source} "
             f"-> {cache_dir} ({args.dtype}, at most {est / 2**30:.2f} GiB)")
         torch_dtype = None
         if accelerator.device.type == "cuda" and args.dtype != "fp32":
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        timing = {"load_s": 0.0}
+
+        def load_source():
+            t = time.perf_counter()
+            src = load_hidden_state_source(args.model, max_seq_length=args.max_seq_length, device=accelerator.device,
+                                           torch_dtype=torch_dtype, **source_options(args))
+            timing["load_s"] = time.perf_counter() - t
+            return src
+
+        t_extract = time.perf_counter()
         summary = extract_hidden_states(
-            lambda: load_hidden_state_source(args.model, max_seq_length=args.max_seq_length,
-                                             device=accelerator.device, torch_dtype=torch_dtype),
-            texts, cache_dir, layer=args.layer, batch_size=args.extract_batch_size or args.batch_size,
+            load_source, texts, cache_dir, layer=args.layer, batch_size=args.extract_batch_size or args.batch_size,
             shard_size=args.shard_size, dtype=args.dtype, num_samples=args.num_samples, config=cache_config,
             progress=not args.no_progress, process_index=accelerator.process_index,
             num_processes=accelerator.num_processes, finalize=False)
+        mine = sum(json.loads((cache_dir / f"shard_{i:05d}.json").read_text())["num_tokens"]
+                   for i in summary["computed"])
+        counts = torch.tensor([float(mine), timing["load_s"]], dtype=torch.float64, device=accelerator.device)
+        if accelerator.num_processes > 1:
+            counts = accelerator.reduce(counts, reduction="sum")
         accelerator.wait_for_everyone()
+        if summary["computed"] or accelerator.num_processes > 1:
+            secs = time.perf_counter() - t_extract - float(counts[1]) / accelerator.num_processes
+            extraction = {"tokens": int(counts[0]), "seconds": round(secs, 3),
+                          "tokens_per_s": float(counts[0]) / max(secs, 1e-9),
+                          "model_load_s": round(float(counts[1]) / accelerator.num_processes, 3),
+                          "num_processes": accelerator.num_processes}
+            log(f"hidden states: extracted {extraction['tokens']:,} tokens in {secs:.1f}s = "
+                f"{extraction['tokens_per_s']:,.0f} tokens/s ({accelerator.num_processes} process"
+                f"{'es' if accelerator.num_processes > 1 else ''}, model load {extraction['model_load_s']:.1f}s "
+                f"not counted)")
+            if is_main:
+                atomic_write_json(cache_dir / "extraction_timing.json", extraction)
         if is_main:
             hs = summary["hidden_size"]
             if hs is None:
@@ -687,12 +755,14 @@ def train_phase1(args) -> dict:
     # 4. train
     source_info = {"model": args.model, "layer": args.layer, "max_seq_length": args.max_seq_length,
                    "dtype": args.dtype, "text_source": text_source, "text_field": args.text_field,
-                   "hidden_size": D, "cache_dir": str(cache_dir)}
+                   "hidden_size": D, "cache_dir": str(cache_dir), "fingerprint": (probed or {}).get("fingerprint")}
     rows = []
     for d in d_values:
         rows.append(train_compressor(args, accelerator, cache, train_idx, eval_idx, d, out_dirs[d], plans[d], pca,
                                      source_info, log))
-    result = {"stage": args.stage, "model": args.model, "d_model": D, "rows": rows}
+    if extraction is None and (cache_dir / "extraction_timing.json").exists():
+        extraction = dict(json.loads((cache_dir / "extraction_timing.json").read_text()), cached=True)
+    result = {"stage": args.stage, "model": args.model, "d_model": D, "rows": rows, "extraction": extraction}
 
     # 5. sweep summary
     if args.sweep and is_main:
@@ -704,7 +774,8 @@ def train_phase1(args) -> dict:
         atomic_write_json(out_root / f"sweep_results{suffix}.json",
                           {"stage": args.stage, "model": args.model, "d_model": D, "layer": args.layer,
                            "text_source": text_source, "num_samples": n, "eval_samples": len(eval_idx),
-                           "results": rows, "table": table.splitlines(), "plot": plot.name})
+                           "results": rows, "table": table.splitlines(), "plot": plot.name,
+                           "extraction": extraction})
         log(f"sweep results: {out_root / f'sweep_results{suffix}.json'}, plot: {plot}")
         result["table"] = table
     accelerator.wait_for_everyone()

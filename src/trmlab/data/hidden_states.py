@@ -11,9 +11,10 @@ Anything that follows the small ``HiddenStateSource`` protocol can be a source::
 ``HFHiddenStateSource`` implements it for any ``transformers`` causal LM (``AutoModelForCausalLM`` +
 ``AutoTokenizer``, ``output_hidden_states``; ``layer`` indexes that tuple, so 0 = embeddings and -1 = the last
 layer, after the final norm). ``load_hidden_state_source(name)`` resolves a name: ``tiny-random`` (a tiny randomly
-initialised Llama built from a config with a local byte-level tokenizer: smoke runs, no download), a local
-directory, a Hugging Face hub name (needs network), or anything a loader registered with
-``register_source_loader`` accepts (the hook for trmlab's own language-model checkpoints).
+initialised Llama built from a config with a local byte-level tokenizer: smoke runs, no download), a trmlab LM run
+directory written by ``trm train`` (``trmlab.data.trmlab_source``: the project's own trained models, offline), a
+local transformers directory, a Hugging Face hub name (needs network), or anything a ``SourceLoader`` registered
+with ``register_source_loader`` accepts.
 
 Cache layout
 ------------
@@ -149,6 +150,7 @@ class HFHiddenStateSource:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         local = Path(name).expanduser().exists()
+        check_hf_path(name)
         if not local and not hub_reachable():
             raise TrmError(f"cannot load model {name}: not a local path and no network")
         kw = {"trust_remote_code": trust_remote_code}
@@ -248,26 +250,63 @@ def save_tiny_random_model(path: str | Path, **kw) -> Path:
     return path
 
 
-_SOURCE_LOADERS: list[Callable[..., "HiddenStateSource | None"]] = []
+class SourceLoader(Protocol):
+    """Claims some ``--model`` names and turns them into sources (e.g. ``trmlab.data.trmlab_source``).
+
+    ``probe`` must be cheap (no weights loaded): it lets ``trm compress`` check sizes and layers before anything is
+    written and names the exact weights in the hidden-state cache key (``fingerprint``), so a retrained model never
+    reuses stale states. ``options`` are source-specific CLI options (``data_root``, ``tokenizer``)."""
+
+    def accepts(self, name: str) -> bool: ...
+
+    def probe(self, name: str, **options) -> dict: ...   # hidden_size, num_layers, fingerprint
+
+    def load(self, name: str, max_seq_length: int = 512, device="cpu", **options) -> HiddenStateSource: ...
 
 
-def register_source_loader(loader: Callable[..., "HiddenStateSource | None"]) -> None:
-    """Adds a loader tried before transformers: ``loader(name, max_seq_length=..., device=...)`` returns a
-    ``HiddenStateSource`` for names it recognises (e.g. a trmlab LM checkpoint) and ``None`` otherwise."""
+_SOURCE_LOADERS: list[SourceLoader] = []
+_BUILTINS_REGISTERED = False
+
+
+def register_source_loader(loader: SourceLoader) -> None:
+    """Adds a loader, tried (latest first) before transformers for every ``--model`` name."""
     _SOURCE_LOADERS.insert(0, loader)
 
 
-def load_hidden_state_source(name: str, max_seq_length: int = 512, device=None, torch_dtype=None) -> HiddenStateSource:
-    """``tiny-random`` | a registered source | a local HF model directory | a hub name (needs network)."""
+def _loaders() -> list[SourceLoader]:
+    global _BUILTINS_REGISTERED
+    if not _BUILTINS_REGISTERED:  # lazily: trmlab_source imports the LM stack, which plain HF use never needs
+        from trmlab.data.trmlab_source import TrmlabRunLoader
+
+        _SOURCE_LOADERS.append(TrmlabRunLoader())
+        _BUILTINS_REGISTERED = True
+    return _SOURCE_LOADERS
+
+
+def find_source_loader(name: str) -> SourceLoader | None:
+    """The registered loader that claims ``name`` (a trmlab run directory, ...), or None for transformers."""
+    return next((ld for ld in _loaders() if ld.accepts(name)), None)
+
+
+def check_hf_path(name: str) -> None:
+    """An existing directory that transformers cannot read gets a one-line explanation, not a traceback."""
+    p = Path(name).expanduser()
+    if p.is_dir() and not (p / "config.json").exists():
+        raise TrmError(f"{name} is neither a trmlab LM run (config.yaml + checkpoints/ from `trm train`) nor a "
+                       f"transformers model directory (config.json)")
+
+
+def load_hidden_state_source(name: str, max_seq_length: int = 512, device=None, torch_dtype=None,
+                             **options) -> HiddenStateSource:
+    """``tiny-random`` | a registered source (a trmlab LM run) | a local HF model directory | a hub name."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if name == TINY_RANDOM:
         model, tokenizer = build_tiny_random_model(max_position_embeddings=max(2048, int(max_seq_length)))
         return HFHiddenStateSource(model, tokenizer, name=TINY_RANDOM, max_seq_length=max_seq_length, device=device)
-    for loader in _SOURCE_LOADERS:
-        src = loader(name, max_seq_length=max_seq_length, device=device)
-        if src is not None:
-            return src
+    loader = find_source_loader(name)
+    if loader is not None:
+        return loader.load(name, max_seq_length=max_seq_length, device=device, **options)
     return HFHiddenStateSource.from_pretrained(name, max_seq_length=max_seq_length, device=device,
                                                torch_dtype=torch_dtype)
 
@@ -677,7 +716,9 @@ __all__ = [
     "build_byte_tokenizer",
     "build_tiny_random_model",
     "save_tiny_random_model",
+    "SourceLoader",
     "register_source_loader",
+    "find_source_loader",
     "load_hidden_state_source",
     "generate_cot_corpus",
     "resolve_text_source",
