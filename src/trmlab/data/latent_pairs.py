@@ -208,54 +208,49 @@ def flag_accuracy(flags: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------- the builder
-def build_latent_pairs(cfg: LatentDataConfig, data_root: str | Path = "data", log=print) -> Path:
-    """Build (or reuse) the phase-2 dataset for ``cfg`` and return its directory."""
-    from trmlab.data.hidden_states import atomic_save_safetensors
-    from trmlab.llm.chat import ChatFormat
+def _check_inputs(cfg: LatentDataConfig, log=print):
+    """Everything that can fail on bad input, checked from the LLM's config before any LLM is loaded or trained:
+    (hidden size D, number of layers, the resolved layer, the phase-1 compressor or None for PCA)."""
     from trmlab.llm.inject import resolve_layer
-    from trmlab.llm.model import llm_config, llm_dims, load_llm
-    from trmlab.models.compressor import save_compressor_checkpoint
-
-    out = pairs_dir(cfg, data_root)
-    if (out / "metadata.json").exists():
-        return out
-    # everything that can fail on bad input, before the LLM is loaded or trained
+    from trmlab.llm.model import llm_config, llm_dims
     d_model, n_layers = llm_dims(llm_config(cfg.llm, cfg.tiny_spec()))
     layer = resolve_layer(cfg.layer, n_layers)
     comp = None if cfg.compressor == "pca" else checkpoint_compressor(cfg, d_model, layer, log)
     if comp is None and cfg.d_compressed > d_model:
         raise TrmError(f"data.d_compressed={cfg.d_compressed} exceeds the LLM's hidden size {d_model}")
-    checker = load_checker(cfg.checker)
-    probs = problems(cfg)
+    return d_model, n_layers, layer, comp
 
-    t0 = time.perf_counter()
-    model, tokenizer = load_llm(cfg.llm, cfg.tiny_spec(), Path(data_root) / "llm", dtype=cfg.llm_dtype, log=log)
-    if llm_dims(model.config)[0] != d_model:
-        raise TrmError(f"LLM {cfg.llm} has hidden size {llm_dims(model.config)[0]}, its config says {d_model}")
-    fmt = ChatFormat(tokenizer, cfg.system)
-    t_load = time.perf_counter() - t0
-    raw, t1 = {}, time.perf_counter()
+
+def _extract_splits(model, tokenizer, fmt, probs, cfg: LatentDataConfig, layer: int, log=print) -> dict:
+    """split -> (x [N, n_context, D], x_mask [N, n_context], target [N, K, D]), uncompressed."""
+    raw = {}
     for split, ps in probs.items():
         x, m = extract(model, tokenizer, [fmt.pre(p) for p in ps], layer, cfg.n_context, cfg.extract_batch_size)
         y, _ = extract(model, tokenizer, [fmt.full(p) for p in ps], layer, cfg.n_latent, cfg.extract_batch_size)
         raw[split] = (x, m, y)
-        log(f"latent pairs: {split}: {len(ps)} problems, layer {layer} of {n_layers}, D={d_model}")
-    t_extract = time.perf_counter() - t1
-    if comp is None:
-        x, m, y = raw["train"]
-        comp = fit_pca_compressor(torch.cat([x[m], y.flatten(0, 1)]), cfg.d_compressed)
-        log(f"PCA compressor D={d_model} -> D'={cfg.d_compressed}: {comp.explained_variance:.3f} of the variance")
-    comp.eval()
-    with torch.no_grad():
-        comp_states = {s: (comp.compress(x) * m.unsqueeze(-1), m, comp.compress(y)) for s, (x, m, y) in raw.items()}
-        x, m, y = comp_states["train"]
-        scale = float(torch.cat([x[m], y.flatten(0, 1)]).pow(2).mean().sqrt().clamp(min=1e-6))
-        oracle = comp.decompress(comp_states["test"][2])
-    t2 = time.perf_counter()
-    flags = baseline_flags(model, tokenizer, fmt, probs["test"], checker, cfg, layer,
-                           {"oracle": oracle, "oracle_raw": raw["test"][2]}, log)
-    t_baselines = time.perf_counter() - t2
+        log(f"latent pairs: {split}: {len(ps)} problems, layer {layer}, D={x.shape[-1]}")
+    return raw
 
+
+@torch.no_grad()
+def _compress(raw: dict, comp, cfg: LatentDataConfig, log=print):
+    """(compressor, split -> compressed (x, x_mask, target), scale). PCA is fitted on the training states only."""
+    x, m, y = raw["train"]
+    if comp is None:
+        comp = fit_pca_compressor(torch.cat([x[m], y.flatten(0, 1)]), cfg.d_compressed)
+        log(f"PCA compressor D={x.shape[-1]} -> D'={cfg.d_compressed}: {comp.explained_variance:.3f} of the variance")
+    comp.eval()
+    out = {s: (comp.compress(x) * m.unsqueeze(-1), m, comp.compress(y)) for s, (x, m, y) in raw.items()}
+    x, m, y = out["train"]
+    # one scale for x and target: the RMS of the compressed training states (keeps cosine and MSE comparable)
+    scale = float(torch.cat([x[m], y.flatten(0, 1)]).pow(2).mean().sqrt().clamp(min=1e-6))
+    return comp, out, scale
+
+
+def _write(out: Path, cfg: LatentDataConfig, probs, comp, comp_states, scale: float, flags, meta: dict):
+    """Write the dataset under a temporary name, then rename it into place (a crash leaves no half dataset)."""
+    from trmlab.data.hidden_states import atomic_save_safetensors
+    from trmlab.models.compressor import save_compressor_checkpoint
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -265,17 +260,46 @@ def build_latent_pairs(cfg: LatentDataConfig, data_root: str | Path = "data", lo
             tensors.update(flags)
         atomic_save_safetensors(tmp / f"{split}.safetensors", tensors, metadata={"format": FORMAT})
         (tmp / f"{split}.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in probs[split]))
-    save_compressor_checkpoint(tmp / "compressor", comp, {"source": {"model": cfg.llm, "layer": layer}})
+    save_compressor_checkpoint(tmp / "compressor", comp, {"source": {"model": cfg.llm, "layer": meta["layer"]}})
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def build_latent_pairs(cfg: LatentDataConfig, data_root: str | Path = "data", log=print) -> Path:
+    """Build (or reuse) the phase-2 dataset for ``cfg`` and return its directory."""
+    from trmlab.llm.chat import ChatFormat
+    from trmlab.llm.model import llm_dims, load_llm
+
+    out = pairs_dir(cfg, data_root)
+    if (out / "metadata.json").exists():
+        return out
+    d_model, n_layers, layer, comp = _check_inputs(cfg, log)
+    checker = load_checker(cfg.checker)
+    probs = problems(cfg)
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_llm(cfg.llm, cfg.tiny_spec(), Path(data_root) / "llm", dtype=cfg.llm_dtype, log=log)
+    if llm_dims(model.config)[0] != d_model:
+        raise TrmError(f"LLM {cfg.llm} has hidden size {llm_dims(model.config)[0]}, its config says {d_model}")
+    fmt = ChatFormat(tokenizer, cfg.system)
+    t1 = time.perf_counter()
+    raw = _extract_splits(model, tokenizer, fmt, probs, cfg, layer, log)
+    t2 = time.perf_counter()
+    comp, comp_states, scale = _compress(raw, comp, cfg, log)
+    with torch.no_grad():
+        oracle = comp.decompress(comp_states["test"][2])
+    flags = baseline_flags(model, tokenizer, fmt, probs["test"], checker, cfg, layer,
+                           {"oracle": oracle, "oracle_raw": raw["test"][2]}, log)
+    t3 = time.perf_counter()
     meta = {"format": FORMAT, "config": asdict(cfg), "llm": cfg.llm, "d_model": d_model, "n_layers": n_layers,
             "layer": layer, "d_compressed": comp.d_compressed, "n_context": cfg.n_context, "n_latent": cfg.n_latent,
             "scale": scale, "explained_variance": getattr(comp, "explained_variance", None),
             "splits": {s: len(p) for s, p in probs.items()},
             "baselines": {k: flag_accuracy(v) for k, v in flags.items()},
             "skipped": {k: int((v < 0).sum()) for k, v in flags.items()},
-            "timing_s": {"load_llm": t_load, "extract": t_extract, "baselines": t_baselines},
+            "timing_s": {"load_llm": t1 - t0, "extract": t2 - t1, "baselines": t3 - t2},
             "threads": torch.get_num_threads()}
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _write(out, cfg, probs, comp, comp_states, scale, flags, meta)
     return out

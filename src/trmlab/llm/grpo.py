@@ -13,7 +13,8 @@ policy loss, the KL penalty to a frozen reference model (``beta``) and seeding. 
   step, and the greedy held-out accuracy every ``eval_interval`` steps (and before the first), as ``eval`` records.
 
 The TRM itself stays fixed here (its latents are precomputed); training it through the policy gradient is left
-for later. A run is a function of its seed: TRL seeds torch before building batches and sampling.
+for later. A run is a function of its seed: TRL seeds torch before building batches and sampling, and the
+completions are sampled on one CPU thread, so a rerun with the same seed logs the same rewards.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from trmlab.config import choice
 from trmlab.errors import TrmError
@@ -65,7 +67,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, 
 class CorrectnessReward:
     """TRL reward function: 1.0 right, 0.0 wrong, None when the checker raised (logged, counted in ``skipped``)."""
 
-    __name__ = "correct"
+    __name__ = "correct"   # TRL names the logged reward column after the function
 
     def __init__(self, checker, log=print):
         self.checker, self.log, self.skipped = checker, log, 0
@@ -73,15 +75,24 @@ class CorrectnessReward:
     def __call__(self, prompts, completions, answer, **kwargs):
         out = []
         for c, a in zip(completions, answer):
-            text = c if isinstance(c, str) else c[-1]["content"]
+            text = c if isinstance(c, str) else c[-1]["content"]   # plain or conversational completions
             ok = safe_check(self.checker, text, a, self.log)
             self.skipped += ok is None
             out.append(None if ok is None else float(ok))
         return out
 
 
+# ------------------------------------------------------------------------------------------- the pieces
 def _prompts(mode: str, fmt, problems) -> list[str]:
     return [fmt.pre(p) if mode == "think" else fmt.nothink(p) for p in problems]
+
+
+def _load_problems(data, eval_samples: int) -> dict[str, list]:
+    from trmlab.llm.problems import Problem
+    out = {s: [Problem(**json.loads(x)) for x in (data.path / f"{s}.jsonl").read_text().splitlines()]
+           for s in ("train", "test")}
+    out["test"] = out["test"][:eval_samples]
+    return out
 
 
 def _latents(cfg, data, phase2_run, task) -> dict[str, torch.Tensor]:
@@ -99,108 +110,123 @@ def _latents(cfg, data, phase2_run, task) -> dict[str, torch.Tensor]:
     return out
 
 
+def _injector(cfg, data, phase2_run, task, fmt, problems):
+    """The keyed latent hook with every train and test prompt registered with its TRM latent."""
+    from trmlab.llm.chat import THINK_CLOSE
+    from trmlab.llm.inject import KeyedInjection
+    latents = _latents(cfg, data, phase2_run, task)
+    tok = fmt.tokenizer
+    injector = KeyedInjection(data.meta["layer"], tok(THINK_CLOSE, add_special_tokens=False)["input_ids"],
+                              tok.pad_token_id, cfg.data.n_latent)
+    for split in ("train", "test"):
+        texts = _prompts("latent", fmt, problems[split])
+        # TRL tokenizes prompts with the tokenizer's special tokens, inject.generate without: register both
+        for special in (True, False):
+            for ids, lat in zip(tok(texts, add_special_tokens=special)["input_ids"], latents[split]):
+                injector.register(ids, lat)
+    return injector
+
+
+def _grpo_args(rl: RLConfig, run_dir: Path, max_len: int):
+    from trl import GRPOConfig
+    return GRPOConfig(
+        output_dir=str(run_dir / "trl"), per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
+        num_generations=rl.num_generations, max_completion_length=max_len, max_steps=rl.steps,
+        learning_rate=rl.lr, lr_scheduler_type="constant", warmup_steps=0, beta=rl.beta, temperature=rl.temperature,
+        top_k=0, top_p=1.0, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=rl.seed,
+        data_seed=rl.seed, disable_tqdm=True, bf16=False, scale_rewards="group")
+
+
+class RunLog(TrainerCallback):
+    """Writes TRL's per-step reward/KL/loss and our greedy held-out accuracy to ``metrics.jsonl`` (and keeps them)."""
+
+    def __init__(self, path: Path, evaluate, eval_interval: int, steps: int):
+        self.path, self.evaluate, self.eval_interval, self.steps = path, evaluate, eval_interval, steps
+        self.history: list[dict] = []
+        self.model = None   # set by run_grpo: the policy as TRL wraps it
+
+    def write(self, record: dict):
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _eval(self, step: int):
+        self.model.eval()
+        acc, n = self.evaluate()
+        self.write({"step": step, "eval": {"acc": acc, "n": n}})
+        self.model.train()
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._eval(0)   # the accuracy before any RL step: the "before" of before-vs-after
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "reward" in logs:
+            self.write({"step": state.global_step, "reward": logs["reward"], "reward_std": logs.get("reward_std"),
+                        "kl": logs.get("kl"), "loss": logs.get("loss"), "step_time": logs.get("step_time"),
+                        "frac_reward_zero_std": logs.get("frac_reward_zero_std"),
+                        "completion_length": logs.get("completions/mean_length")})
+
+    def on_step_end(self, args, state, control, **kw):
+        step = state.global_step
+        if self.eval_interval and (step % self.eval_interval == 0 or step == self.steps):
+            self._eval(step)
+
+
+# ------------------------------------------------------------------------------------------- the run
 def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | None = None,
              data_root: str | Path = "data", log=print) -> dict:
     """GRPO on ``cfg``'s latent-pairs problems into ``run_dir``; returns the summary (also in summary.json)."""
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOTrainer
 
     from trmlab.data.latent_pairs import load_checker
-    from trmlab.llm.chat import THINK_CLOSE, ChatFormat
-    from trmlab.llm.inject import KeyedInjection
-    from trmlab.llm.problems import Problem
+    from trmlab.llm.chat import ChatFormat
+    from trmlab.llm.inject import generate
     from trmlab.tasks import get_task
 
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").exists():
         raise TrmError(f"{run_dir} already holds a finished RL run; choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
     task = get_task("latent")
     data = task.prepare(cfg, data_root)
     llm = task.llm(data, cfg)
     tokenizer, d = llm["tokenizer"], cfg.data
     fmt = ChatFormat(tokenizer, d.system)
-    problems = {s: [Problem(**json.loads(x)) for x in (data.path / f"{s}.jsonl").read_text().splitlines()]
-                for s in ("train", "test")}
-    problems["test"] = problems["test"][:rl.eval_samples]
+    problems = _load_problems(data, rl.eval_samples)
     checker = load_checker(d.checker)
     max_len = rl.max_completion_length or d.max_answer_tokens + (d.max_think_tokens if rl.mode == "think" else 0)
-    layer, k = data.meta["layer"], d.n_latent
-    latents = _latents(cfg, data, phase2_run, task) if rl.mode == "latent" else None
+    injector = _injector(cfg, data, phase2_run, task, fmt, problems) if rl.mode == "latent" else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)   # an unfinished earlier attempt: start its log afresh
     (run_dir / "rl_config.json").write_text(json.dumps({"rl": asdict(rl), "config": cfg.to_dict(),
                                                         "phase2_run": str(phase2_run or "")}, indent=2))
 
     from trmlab.data.hidden_states import hub_reachable
     if not hub_reachable():  # TRL loads the reference model by name: from the local cache, without retries
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    policy = llm["model"]   # the loaded LLM becomes the policy (TRL loads its own frozen reference copy)
-    injector = None
-    if latents is not None:
-        close = tokenizer(THINK_CLOSE, add_special_tokens=False)["input_ids"]
-        injector = KeyedInjection(layer, close, tokenizer.pad_token_id, k)
-        for split in ("train", "test"):
-            texts = _prompts("latent", fmt, problems[split])
-            # TRL tokenizes prompts with the tokenizer's special tokens, generate() here without: register both
-            for special in (True, False):
-                for ids, lat in zip(tokenizer(texts, add_special_tokens=special)["input_ids"], latents[split]):
-                    injector.register(ids, lat)
     train_set = Dataset.from_list([{"prompt": t, "answer": p.answer} for t, p in
                                    zip(_prompts(rl.mode, fmt, problems["train"]), problems["train"])])
     reward = CorrectnessReward(checker, log)
-    args = GRPOConfig(
-        output_dir=str(run_dir / "trl"), per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
-        num_generations=rl.num_generations, max_completion_length=max_len, max_steps=rl.steps,
-        learning_rate=rl.lr, lr_scheduler_type="constant", warmup_steps=0, beta=rl.beta, temperature=rl.temperature,
-        top_k=0, top_p=1.0, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=rl.seed,
-        data_seed=rl.seed, disable_tqdm=True, bf16=False, scale_rewards="group")
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=args, train_dataset=train_set,
-                          processing_class=tokenizer)
+    # the loaded LLM becomes the policy; TRL loads its own frozen reference copy for the KL term
+    trainer = GRPOTrainer(model=llm["model"], reward_funcs=reward, args=_grpo_args(rl, run_dir, max_len),
+                          train_dataset=train_set, processing_class=tokenizer)
     if injector is not None:
-        injector.attach(trainer.model)
-        if trainer.ref_model is not None:
-            injector.attach(trainer.ref_model)
+        for m in (trainer.model, trainer.ref_model):
+            if m is not None:
+                injector.attach(m)
 
-    from trmlab.llm.inject import generate
-
-    def evaluate() -> float:
-        texts = _prompts(rl.mode, fmt, problems["test"])
-        # in latent mode the keyed hook on the policy injects the test latents (their prompts are registered)
-        comps = generate(trainer.model, tokenizer, texts, max_len)
+    def evaluate() -> tuple[float, int]:
+        # greedy, on the held-out prompts; in latent mode the keyed hook on the policy injects their latents
+        comps = generate(trainer.model, tokenizer, _prompts(rl.mode, fmt, problems["test"]), max_len)
         flags = [safe_check(checker, c, p.answer, log) for c, p in zip(comps, problems["test"])]
         scored = [f for f in flags if f is not None]
-        return sum(scored) / max(len(scored), 1)
+        return sum(scored) / max(len(scored), 1), len(scored)
 
-    metrics_file = run_dir / "metrics.jsonl"
-    history: list[dict] = []
-
-    def write(record: dict):
-        history.append(record)
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    class Log(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            trainer.model.eval()
-            write({"step": 0, "eval": {"acc": evaluate(), "n": len(problems["test"])}})
-            trainer.model.train()
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "reward" in logs:
-                write({"step": state.global_step, "reward": logs["reward"], "reward_std": logs.get("reward_std"),
-                       "kl": logs.get("kl"), "loss": logs.get("loss"), "step_time": logs.get("step_time"),
-                       "frac_reward_zero_std": logs.get("frac_reward_zero_std"),
-                       "completion_length": logs.get("completions/mean_length")})
-
-        def on_step_end(self, args, state, control, **kw):
-            if rl.eval_interval and (state.global_step % rl.eval_interval == 0 or state.global_step == rl.steps):
-                trainer.model.eval()
-                write({"step": state.global_step, "eval": {"acc": evaluate(), "n": len(problems["test"])}})
-                trainer.model.train()
-
-    from transformers.trainer_callback import PrinterCallback
-    trainer.remove_callback(PrinterCallback)   # our callback writes metrics.jsonl; no dict dumps on stdout
-    trainer.add_callback(Log())
+    run_log = RunLog(run_dir / "metrics.jsonl", evaluate, rl.eval_interval, rl.steps)
+    run_log.model = trainer.model
+    trainer.remove_callback(PrinterCallback)   # metrics.jsonl has it all; no dict dumps on stdout
+    trainer.add_callback(run_log)
     log(f"GRPO ({rl.mode}): {rl.steps} steps x {rl.prompts_per_step} prompts x G={rl.num_generations}, "
         f"beta {rl.beta}, lr {rl.lr}, seed {rl.seed} -> {run_dir}")
     t0 = time.perf_counter()
@@ -208,10 +234,11 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     train_time = time.perf_counter() - t0
     trainer.model.save_pretrained(run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
-    return _summary(run_dir, rl, history, train_time, reward.skipped, injector)
+    return _summary(run_dir, rl, run_log.history, train_time, reward.skipped, injector)
 
 
 def _summary(run_dir: Path, rl: RLConfig, history: list[dict], train_time: float, skipped: int, injector) -> dict:
+    """Reward before vs after (the mean over the first and the last ``w`` steps) and the greedy accuracy curve."""
     rewards = [r["reward"] for r in history if "reward" in r]
     evals = [(r["step"], r["eval"]["acc"]) for r in history if "eval" in r]
     w = max(1, min(10, len(rewards) // 3))

@@ -157,6 +157,8 @@ class LatentTask:
         m = {"cosine": float(cos.mean()), "mse": float(mse.mean()), "cosine_per_step": cos_steps,
              "halt_frac": float((cos > cfg.data.halt_cosine).float().mean()), "steps_mean": float(steps.float().mean()),
              "n": n}
+        # the per-step cosines again as scalars, so `trm eval` (which prints scalars) shows them
+        m.update({f"cosine_step{k}": c for k, c in enumerate(cos_steps, 1)})
         if split == "test":
             m.update(self.answer_accuracy(pred, data, cfg, n))
         return m
