@@ -87,24 +87,27 @@ def _prompts(mode: str, fmt, problems) -> list[str]:
     return [fmt.pre(p) if mode == "think" else fmt.nothink(p) for p in problems]
 
 
-def _load_problems(data, eval_samples: int) -> dict[str, list]:
+def _load_problems(data, rl: RLConfig) -> dict[str, list]:
+    """The training prompts (one epoch: ``steps x prompts_per_step`` of them, so only those need a TRM latent)
+    and the held-out prompts of the greedy evaluation (the first ``eval_samples`` test problems)."""
     from trmlab.llm.problems import Problem
     out = {s: [Problem(**json.loads(x)) for x in (data.path / f"{s}.jsonl").read_text().splitlines()]
            for s in ("train", "test")}
-    out["test"] = out["test"][:eval_samples]
+    out["train"] = out["train"][:rl.steps * rl.prompts_per_step]
+    out["test"] = out["test"][:rl.eval_samples]
     return out
 
 
-def _latents(cfg, data, phase2_run, task) -> dict[str, torch.Tensor]:
-    """Decompressed TRM latents [N, K, D] for the train and test problems (latent mode)."""
+def _latents(cfg, data, phase2_run, task, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Decompressed TRM latents [n, K, D] for the first ``sizes[split]`` train and test problems (latent mode)."""
     from trmlab.api import load
     if phase2_run is None:
         raise TrmError("trm latent rl in mode=latent needs a phase-2 run directory (trm latent train ...)")
     model, _ = load(phase2_run)
     comp = task.llm(data, cfg)["compressor"]
     out = {}
-    for split in ("train", "test"):
-        pred, _, _ = task.predict(model, data.splits[split]["x"], cfg, "cpu")
+    for split, n in sizes.items():
+        pred, _, _ = task.predict(model, data.splits[split]["x"][:n], cfg, "cpu")
         with torch.no_grad():
             out[split] = comp.decompress(pred * data.meta["scale"])
     return out
@@ -114,7 +117,7 @@ def _injector(cfg, data, phase2_run, task, fmt, problems):
     """The keyed latent hook with every train and test prompt registered with its TRM latent."""
     from trmlab.llm.chat import THINK_CLOSE
     from trmlab.llm.inject import KeyedInjection
-    latents = _latents(cfg, data, phase2_run, task)
+    latents = _latents(cfg, data, phase2_run, task, {s: len(p) for s, p in problems.items()})
     tok = fmt.tokenizer
     injector = KeyedInjection(data.meta["layer"], tok(THINK_CLOSE, add_special_tokens=False)["input_ids"],
                               tok.pad_token_id, cfg.data.n_latent)
@@ -193,7 +196,7 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     llm = task.llm(data, cfg)
     tokenizer, d = llm["tokenizer"], cfg.data
     fmt = ChatFormat(tokenizer, d.system)
-    problems = _load_problems(data, rl.eval_samples)
+    problems = _load_problems(data, rl)
     checker = load_checker(d.checker)
     max_len = rl.max_completion_length or d.max_answer_tokens + (d.max_think_tokens if rl.mode == "think" else 0)
     injector = _injector(cfg, data, phase2_run, task, fmt, problems) if rl.mode == "latent" else None
