@@ -1,6 +1,7 @@
 """Seed 001 phases 2-3: latent pairs, the latent TRM through the one trainer, injection, rewards, GRPO glue."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -270,3 +271,23 @@ def test_smollm3_preset_builds_from_config_and_needs_weights(monkeypatch, tmp_pa
         build_latent_pairs(load_config("latent-smollm3", ["data.compressor=pca"]).data, tmp_path / "data")
     # the preset's phase-1 compressor is absent too: the CLI says so in one line, exit 2
     assert main(["latent", "data", "latent-smollm3", "--data-root", str(tmp_path / "data")]) == 2
+
+
+# ------------------------------------------------------------------------------------------ phase-2 loss
+def test_contrastive_loss_punishes_the_mean_thought():
+    from trmlab.tasks.latent import contrastive_loss
+    torch.manual_seed(0)
+    target = torch.randn(8, 3, 16) + 5.0              # a large shared component, as on the offline task
+    mean = target.mean(0, keepdim=True).expand_as(target)
+    right = contrastive_loss(target.clone(), target)
+    collapsed = contrastive_loss(mean.clone(), target)
+    assert right.shape == (8,) and right.mean() < 0.1
+    assert torch.allclose(collapsed, torch.full((8,), math.log(8)), atol=1e-4)   # the mean: chance, log B
+
+
+def test_training_only_fields_do_not_rebuild_the_data():
+    from trmlab.data.latent_pairs import pairs_dir
+    base = load_config("latent-tiny").data
+    assert pairs_dir(base, "d") == pairs_dir(load_config("latent-tiny", ["data.loss=contrastive",
+                                                                         "data.halt_cosine=0.8"]).data, "d")
+    assert pairs_dir(base, "d") != pairs_dir(load_config("latent-tiny", ["data.n_test=10"]).data, "d")

@@ -69,7 +69,7 @@ class LatentDataConfig:
     n_latent: int = 3            # K: positions of the thought (target / injected span)
     compressor: str = "pca"      # pca | path to a phase-1 compressor checkpoint
     d_compressed: int = 64       # D' (0 = the checkpoint's)
-    loss: str = choice("both", ("cosine", "mse", "both"), "phase-2 loss in the compressed space")
+    loss: str = choice("both", ("cosine", "mse", "both", "contrastive"), "phase-2 loss in the compressed space")
     halt_cosine: float = 0.9     # ACT target: a latent is "right" when its cosine to the target exceeds this
     checker: str = ""            # "module:function(completion, answer) -> bool"; empty = last-number match
     system: str = ""             # system message of the chat prompt
@@ -94,8 +94,12 @@ class LatentDataConfig:
         return TinyLLMSpec(steps=self.llm_steps, batch_size=self.llm_batch_size)
 
 
+TRAINING_ONLY = ("loss", "halt_cosine")   # read by the phase-2 task, not by the builder: not in the cache key
+
+
 def pairs_dir(cfg: LatentDataConfig, data_root: str | Path) -> Path:
-    key = dict(asdict(cfg), format=FORMAT)
+    key = {k: v for k, v in asdict(cfg).items() if k not in TRAINING_ONLY}
+    key["format"] = FORMAT
     comp = Path(cfg.compressor).expanduser()
     if cfg.compressor != "pca" and comp.with_suffix(".safetensors").exists():
         key["compressor_mtime"] = comp.with_suffix(".safetensors").stat().st_mtime

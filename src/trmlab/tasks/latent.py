@@ -4,7 +4,8 @@ Model: ``RecursiveModel`` with a linear embedding D' -> n_embd of the n_context 
 query slots; the answer y is read out at the slots by a linear head n_embd -> D' (the slots are the engine's
 "answer" positions, the prompt states its prefix). Loss, per sample, in the compressed (and scaled) space:
 ``cosine`` = mean over the K positions of 1 - cos(pred, target), ``mse`` = mean squared error, ``both`` = their
-sum (data.loss). ACT's halting target: the mean cosine exceeds data.halt_cosine (``exact_acc`` in the logs).
+sum, ``contrastive`` = both + an InfoNCE term over the batch (data.loss; ``contrastive_loss`` says why). ACT's
+halting target: the mean cosine exceeds data.halt_cosine (``exact_acc`` in the logs).
 
 Evaluation reports the cosine to the target after every supervision step, and what matters in the end: the answer
 accuracy of the LLM when the predicted latent replaces the thinking (see ``data/latent_pairs.py`` for the
@@ -65,6 +66,18 @@ def build_latent_model(cfg) -> RecursiveModel:
     return RecursiveModel(m, embed, core, head, prefix_len=d.n_context)
 
 
+def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """Per-sample InfoNCE over the batch: each prediction must be nearer (cosine, after removing the batch's mean
+    target) to its own target than to the other samples'. Why: on the offline task the mean target already has
+    cosine 0.81 to every target, so the cosine/MSE losses have a wide plateau at "predict the mean thought"; here
+    the mean scores log(B), the worst, and only problem-specific content lowers the loss."""
+    center = target.float().mean(0, keepdim=True).detach()
+    p = F.normalize((pred.float() - center).flatten(1), dim=-1)
+    t = F.normalize((target.float() - center).flatten(1), dim=-1)
+    logits = p @ t.t() / tau
+    return F.cross_entropy(logits, torch.arange(len(p), device=p.device), reduction="none")
+
+
 def latent_losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (mean cosine over the K positions [B], mean squared error [B])."""
     cos = F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-6).mean(-1)
@@ -117,7 +130,9 @@ class LatentTask:
     def losses(self, out, batch: dict, cfg):
         cos, mse = latent_losses(out.logits, batch["target"])
         kind = cfg.data.loss
-        loss = {"cosine": 1 - cos, "mse": mse, "both": 1 - cos + mse}[kind]
+        loss = {"cosine": 1 - cos, "mse": mse, "both": 1 - cos + mse}.get(kind, 1 - cos + mse)
+        if kind == "contrastive":   # both + InfoNCE: the latent stays where injection needs it, and must be specific
+            loss = loss + contrastive_loss(out.logits, batch["target"])
         correct = cos.detach() > cfg.data.halt_cosine
         if cfg.model.halting == "act":
             loss = loss + cfg.train.halt_loss_weight * halt_loss(out.q_logit, correct)
