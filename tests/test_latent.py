@@ -291,3 +291,24 @@ def test_training_only_fields_do_not_rebuild_the_data():
     assert pairs_dir(base, "d") == pairs_dir(load_config("latent-tiny", ["data.loss=contrastive",
                                                                          "data.halt_cosine=0.8"]).data, "d")
     assert pairs_dir(base, "d") != pairs_dir(load_config("latent-tiny", ["data.n_test=10"]).data, "d")
+
+
+# ------------------------------------------------------------------------------------------ any HF causal LM
+def test_any_local_hf_model_and_chat_templates(tmp_path):
+    """A foreign HF model directory (Llama with GQA, byte tokenizer, no chat template): its D and depth come from
+    its config; a template that opens <think> itself (Qwen3 / DeepSeek-R1 style) is not opened twice."""
+    from trmlab.data.hidden_states import build_byte_tokenizer, save_tiny_random_model
+    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.chat import ChatFormat
+    from trmlab.llm.problems import Problem
+    llm = save_tiny_random_model(tmp_path / "llm", hidden_size=48, num_layers=3, num_heads=4)
+    cfg = load_config("latent-tiny", SMALL + [f"data.llm={llm}", "data.layer=0", "data.d_compressed=8"])
+    meta = json.loads((build_latent_pairs(cfg.data, tmp_path / "data", log=lambda m: None)
+                       / "metadata.json").read_text())
+    assert (meta["d_model"], meta["n_layers"], meta["layer"], meta["d_compressed"]) == (48, 3, 1, 8)
+    tok = build_byte_tokenizer()
+    p = Problem("1+2", "1+2=3", "3")
+    assert ChatFormat(tok).nothink(p) == "Question: 1+2\n<think>\n\n</think>\n"     # no template: plain prompt
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}<|im_start|>assistant\n<think>\n")
+    assert ChatFormat(tok).full(p).count("<think>") == 1 and ChatFormat(tok).full(p).endswith("1+2=3\n</think>\n")
