@@ -581,7 +581,7 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ds, [r["compressor"]["cosine_similarity"] for r in rows], "o-", label="compressor (trained)")
     if all(r.get("pca") for r in rows):
-        ax.plot(ds, [r["pca"]["cosine_similarity"] for r in rows], "s--", label="PCA (optimal linear)")
+        ax.plot(ds, [r["pca"]["cosine_similarity"] for r in rows], "s--", label="PCA (optimal rank-D' linear, centred)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ds)
     ax.set_xticklabels([str(v) for v in ds])
@@ -620,6 +620,12 @@ def train_phase1(args) -> dict:
     def log(msg: str) -> None:
         if is_main:
             print(msg, flush=True)
+
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_PORT" in os.environ and not launched \
+            and not torch.cuda.is_available():
+        # `accelerate launch --num_processes N` without GPUs quietly starts its single-process launcher
+        log("note: accelerate launch started ONE process (no GPUs here); for N CPU processes use "
+            "`accelerate launch --multi_gpu --num_processes N -m trmlab.compress ...`")
 
     out_root = Path(args.output_dir)
     text_source = resolve_text_source(args.text_source, args.stage, log=log)
