@@ -88,6 +88,8 @@ def test_grpo_latent_mode_logs_and_is_reproducible(phase2, tmp_path):
     assert [r["eval"]["acc"] for r in runs[0] if "eval" in r] and runs[0][0]["step"] == 0
     strip = [[{k: v for k, v in r.items() if k != "step_time"} for r in rec] for rec in rewards]
     assert strip[0] == strip[1]                            # same seed, same run
+    evals = [[r["eval"] for r in recs if "eval" in r] for recs in runs]
+    assert evals[0] == evals[1] and all(0 <= e["reward"] <= 1 for e in evals[0])   # held-out expected reward
 
 
 def test_cli_latent_data_and_train(phase2, capsys):

@@ -122,7 +122,10 @@ def _rl(args):
         phase2 = None
     name = args.name or f"{cfg.name or preset_dict(args.preset).get('name', 'latent')}-rl"
     s = run_grpo(cfg, rl, Path(args.runs_dir) / name, phase2, args.data_root)
-    print(f"{Path(args.runs_dir) / name}: GRPO {s['mode']}, {s['steps']} steps, {s['s_per_step']:.2f} s/step")
-    print(f"reward (sampled accuracy): first {s['reward_window']} steps {s['reward_first']:.3f} -> last "
+    print(f"{Path(args.runs_dir) / name}: GRPO {s['mode']}, seed {s['seed']}, {s['steps']} steps, "
+          f"{s['step_time_s']:.2f} s/step ({s['s_per_step']:.2f} with the evaluations)")
+    print(f"training reward (sampled accuracy): first {s['reward_window']} steps {s['reward_first']:.3f} -> last "
           f"{s['reward_window']} {s['reward_last']:.3f} ({s['reward_gain']:+.3f})")
-    print("greedy held-out accuracy: " + ", ".join(f"step {k}: {v:.3f}" for k, v in s["eval_acc"]))
+    print("held-out greedy accuracy: " + ", ".join(f"step {k}: {v:.3f}" for k, v in s["eval_acc"]))
+    if s["eval_reward"]:
+        print("held-out expected reward: " + ", ".join(f"step {k}: {v:.3f}" for k, v in s["eval_reward"]))

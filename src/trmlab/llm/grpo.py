@@ -46,6 +46,7 @@ class RLConfig:
     max_completion_length: int = 0  # 0 = data.max_answer_tokens (latent/nothink) or + max_think_tokens (think)
     eval_interval: int = 10
     eval_samples: int = 200
+    eval_draws: int = 4            # sampled answers per held-out problem for the expected reward (0 = greedy only)
     seed: int = 0
 
     def __post_init__(self):
@@ -155,8 +156,7 @@ class RunLog(TrainerCallback):
 
     def _eval(self, step: int):
         self.model.eval()
-        acc, n = self.evaluate()
-        self.write({"step": step, "eval": {"acc": acc, "n": n}})
+        self.write({"step": step, "eval": self.evaluate()})
         self.model.train()
 
     def on_train_begin(self, args, state, control, **kw):
@@ -219,12 +219,26 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
             if m is not None:
                 injector.attach(m)
 
-    def evaluate() -> tuple[float, int]:
-        # greedy, on the held-out prompts; in latent mode the keyed hook on the policy injects their latents
-        comps = generate(trainer.model, tokenizer, _prompts(rl.mode, fmt, problems["test"]), max_len)
-        flags = [safe_check(checker, c, p.answer, log) for c, p in zip(comps, problems["test"])]
+    test_prompts = _prompts(rl.mode, fmt, problems["test"])
+
+    def score(completions, answers) -> float:
+        flags = [safe_check(checker, c, a, log) for c, a in zip(completions, answers)]
         scored = [f for f in flags if f is not None]
-        return sum(scored) / max(len(scored), 1), len(scored)
+        return sum(scored) / max(len(scored), 1)
+
+    def evaluate() -> dict:
+        """Held-out accuracy, greedy, and the expected reward: ``eval_draws`` sampled answers per problem at the
+        training temperature, always the same draws for a seed (a forked RNG: training's stream is untouched), so
+        before and after are compared on the same prompts. In latent mode the keyed hook injects the latents."""
+        answers = [p.answer for p in problems["test"]]
+        out = {"acc": score(generate(trainer.model, tokenizer, test_prompts, max_len), answers), "n": len(answers)}
+        if rl.eval_draws:
+            with torch.random.fork_rng():
+                torch.manual_seed(rl.seed + 1)
+                comps = generate(trainer.model, tokenizer, test_prompts * rl.eval_draws, max_len, do_sample=True,
+                                 temperature=rl.temperature)
+            out["reward"] = score(comps, answers * rl.eval_draws)
+        return out
 
     run_log = RunLog(run_dir / "metrics.jsonl", evaluate, rl.eval_interval, rl.steps)
     run_log.model = trainer.model
@@ -241,15 +255,22 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
 
 
 def _summary(run_dir: Path, rl: RLConfig, history: list[dict], train_time: float, skipped: int, injector) -> dict:
-    """Reward before vs after (the mean over the first and the last ``w`` steps) and the greedy accuracy curve."""
+    """Training reward before vs after (the mean over the first and the last ``w`` steps: different prompts, so
+    noisy), and the held-out curves on fixed prompts: greedy accuracy and expected (sampled) reward."""
     rewards = [r["reward"] for r in history if "reward" in r]
+    step_times = [r["step_time"] for r in history if r.get("step_time") is not None]
     evals = [(r["step"], r["eval"]["acc"]) for r in history if "eval" in r]
+    eval_reward = [(r["step"], r["eval"]["reward"]) for r in history if "reward" in r.get("eval", {})]
     w = max(1, min(10, len(rewards) // 3))
     first, last = (sum(rewards[:w]) / w, sum(rewards[-w:]) / w) if rewards else (math.nan, math.nan)
     summary = {"mode": rl.mode, "steps": len(rewards), "seed": rl.seed, "train_time_s": train_time,
-               "s_per_step": train_time / max(len(rewards), 1), "reward_first": first, "reward_last": last,
+               "s_per_step": train_time / max(len(rewards), 1),   # with our evaluations
+               "step_time_s": sum(step_times) / len(step_times) if step_times else math.nan,   # TRL's, without
+               "reward_first": first, "reward_last": last,
                "reward_window": w, "reward_gain": last - first, "eval_acc": evals,
                "eval_acc_gain": evals[-1][1] - evals[0][1] if len(evals) > 1 else 0.0,
+               "eval_reward": eval_reward,
+               "eval_reward_gain": eval_reward[-1][1] - eval_reward[0][1] if len(eval_reward) > 1 else 0.0,
                "checker_skipped": skipped, "injected_rows": injector.hits if injector else 0,
                "torch_threads": torch.get_num_threads()}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
