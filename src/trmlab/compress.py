@@ -8,6 +8,7 @@ Usage (single process, or under ``accelerate launch``)::
     python -m trmlab.compress --sweep --sweep_d_values 128 256 384 512
     accelerate launch --num_processes 4 -m trmlab.compress --stage 1a
     python -m trmlab.compress --model path/to/local/hf_model --text_source corpus.jsonl --no_wandb
+    python -m trmlab.compress --model runs/gpt-tiny --sweep --sweep_d_values 8 16 32 64 --threads 1  # a trmlab LM run
     python -m trmlab.compress --model tiny-random --num_samples 64 --max_seq_length 64 --no_wandb   # offline smoke
 
 Pipeline: (1) hidden states of ``--model`` at ``--layer`` over ``--num_samples`` texts are extracted once into a
