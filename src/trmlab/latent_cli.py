@@ -120,6 +120,9 @@ def _rl(args):
     rl.__post_init__()
     if rl.mode != "latent":
         phase2 = None
+    elif phase2 is None:   # fail before any data or LLM is loaded
+        raise TrmError(f"trm latent rl in mode=latent takes a phase-2 run directory (trm latent train ... first), "
+                       f"not {args.preset!r}; or set rl.mode=nothink / think")
     name = args.name or f"{cfg.name or preset_dict(args.preset).get('name', 'latent')}-rl"
     s = run_grpo(cfg, rl, Path(args.runs_dir) / name, phase2, args.data_root)
     print(f"{Path(args.runs_dir) / name}: GRPO {s['mode']}, seed {s['seed']}, {s['steps']} steps, "
