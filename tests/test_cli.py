@@ -58,8 +58,9 @@ def test_paper_preset_builds_and_trains_a_few_steps_on_cpu(capsys, tmp_path):
     assert rc == 0
 
 
-def test_demo_runs_end_to_end(capsys, tmp_path):
-    rc, out, _ = run(capsys, "demo", "--minutes", "0.02", "--runs-dir", str(tmp_path), "--data-root",
+@pytest.mark.parametrize("how", [[], ["--sequential"]])
+def test_demo_runs_end_to_end(capsys, tmp_path, how):
+    rc, out, _ = run(capsys, "demo", *how, "--minutes", "0.02", "--runs-dir", str(tmp_path), "--data-root",
                      str(tmp_path / "data"), "--quiet", "data.n_train=32", "data.n_test=8", "model.n_embd=32",
                      "model.n_head=2", "train.batch_size=8")
     assert rc == 0
