@@ -40,6 +40,8 @@ def test_phase2_pipeline_end_to_end(phase2):
     m = s["eval"]
     assert len(m["cosine_per_step"]) == cfg.model.n_sup_inference
     assert all(-1 <= c <= 1 for c in m["cosine_per_step"])
+    assert m["cosine_step1"] == m["cosine_per_step"][0] and -1 <= m["centered_cosine"] <= 1
+    assert -1 <= m["mean_target_cosine"] <= 1
     for key in ("latent_acc", "mean_latent_acc", "nothink_acc", "think_acc", "oracle_acc", "oracle_raw_acc"):
         assert 0.0 <= m[key] <= 1.0
     assert m["n"] == 8

@@ -100,7 +100,8 @@ def _train(args):
     s = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, data_root=args.data_root, quiet=args.quiet)
     m = s["eval"]
     print(f"{run_dir}: {s['steps']} steps, {s['train_time_s']:.0f} s ({s['s_per_step'] * 1000:.0f} ms/step)")
-    print("cosine to the target by supervision step: " + " ".join(f"{c:.3f}" for c in m["cosine_per_step"]))
+    print("cosine to the target by supervision step: " + " ".join(f"{c:.3f}" for c in m["cosine_per_step"])
+          + f" (the mean training target alone: {m['mean_target_cosine']:.3f}; centered: {m['centered_cosine']:.3f})")
     print(f"mse {m['mse']:.4f} | ACT steps used {m['steps_mean']:.2f} | cos > {cfg.data.halt_cosine}: "
           f"{m['halt_frac']:.3f}")
     print_accuracy_table(m, latent=m.get("latent_acc"), n=m["n"])

@@ -174,6 +174,11 @@ class LatentTask:
              "n": n}
         # the per-step cosines again as scalars, so `trm eval` (which prints scalars) shows them
         m.update({f"cosine_step{k}": c for k, c in enumerate(cos_steps, 1)})
+        # what the cosine means: the mean training target scores `mean_target_cosine` without looking at the
+        # problem, and `centered_cosine` (both sides minus that mean) is near 0 for a TRM that only learned it
+        mean = data.splits["train"]["target"].float().mean(0, keepdim=True)
+        m["mean_target_cosine"] = float(latent_losses(mean.expand_as(target), target)[0].mean())
+        m["centered_cosine"] = float(latent_losses(pred - mean, target - mean)[0].mean())
         if split == "test":
             m.update(self.answer_accuracy(pred, data, cfg, n))
         return m
