@@ -141,6 +141,32 @@ def _grpo_args(rl: RLConfig, run_dir: Path, max_len: int):
         data_seed=rl.seed, disable_tqdm=True, bf16=False, scale_rewards="group")
 
 
+def _evaluator(model, tokenizer, prompts: list[str], answers: list[str], checker, rl: RLConfig, max_len: int,
+               log=print):
+    """The held-out evaluation: greedy accuracy, and the expected reward from ``eval_draws`` sampled answers per
+    problem at the training temperature. The draws are the same for a seed at every evaluation (a forked RNG, so
+    training's random stream is untouched): before and after are compared on the same prompts and draws. In latent
+    mode the keyed hook on ``model`` injects the latents of these prompts."""
+    from trmlab.llm.inject import generate
+
+    def score(completions, golds) -> float:
+        flags = [safe_check(checker, c, a, log) for c, a in zip(completions, golds)]
+        scored = [f for f in flags if f is not None]
+        return sum(scored) / max(len(scored), 1)
+
+    def evaluate() -> dict:
+        out = {"acc": score(generate(model, tokenizer, prompts, max_len), answers), "n": len(answers)}
+        if rl.eval_draws:
+            with torch.random.fork_rng():
+                torch.manual_seed(rl.seed + 1)
+                comps = generate(model, tokenizer, prompts * rl.eval_draws, max_len, do_sample=True,
+                                 temperature=rl.temperature)
+            out["reward"] = score(comps, answers * rl.eval_draws)
+        return out
+
+    return evaluate
+
+
 class RunLog(TrainerCallback):
     """Writes TRL's per-step reward/KL/loss and our greedy held-out accuracy to ``metrics.jsonl`` (and keeps them)."""
 
@@ -185,7 +211,6 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
 
     from trmlab.data.latent_pairs import load_checker
     from trmlab.llm.chat import ChatFormat
-    from trmlab.llm.inject import generate
     from trmlab.tasks import get_task
 
     run_dir = Path(run_dir)
@@ -219,27 +244,8 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
             if m is not None:
                 injector.attach(m)
 
-    test_prompts = _prompts(rl.mode, fmt, problems["test"])
-
-    def score(completions, answers) -> float:
-        flags = [safe_check(checker, c, a, log) for c, a in zip(completions, answers)]
-        scored = [f for f in flags if f is not None]
-        return sum(scored) / max(len(scored), 1)
-
-    def evaluate() -> dict:
-        """Held-out accuracy, greedy, and the expected reward: ``eval_draws`` sampled answers per problem at the
-        training temperature, always the same draws for a seed (a forked RNG: training's stream is untouched), so
-        before and after are compared on the same prompts. In latent mode the keyed hook injects the latents."""
-        answers = [p.answer for p in problems["test"]]
-        out = {"acc": score(generate(trainer.model, tokenizer, test_prompts, max_len), answers), "n": len(answers)}
-        if rl.eval_draws:
-            with torch.random.fork_rng():
-                torch.manual_seed(rl.seed + 1)
-                comps = generate(trainer.model, tokenizer, test_prompts * rl.eval_draws, max_len, do_sample=True,
-                                 temperature=rl.temperature)
-            out["reward"] = score(comps, answers * rl.eval_draws)
-        return out
-
+    evaluate = _evaluator(trainer.model, tokenizer, _prompts(rl.mode, fmt, problems["test"]),
+                          [p.answer for p in problems["test"]], checker, rl, max_len, log)
     run_log = RunLog(run_dir / "metrics.jsonl", evaluate, rl.eval_interval, rl.steps)
     run_log.model = trainer.model
     trainer.remove_callback(PrinterCallback)   # metrics.jsonl has it all; no dict dumps on stdout
