@@ -2,7 +2,8 @@
 
 For a problem (question q, thinking t, answer a) and the model's own chat template::
 
-    prompt   = template([user: q], add_generation_prompt)      e.g. "<|im_start|>user\\nq<|im_end|>\\n<|im_start|>assistant\\n"
+    prompt   = template([user: q], add_generation_prompt)
+               e.g. "<|im_start|>user\\nq<|im_end|>\\n<|im_start|>assistant\\n"
     pre      = prompt + "<think>\\n"                             the moment thinking starts
     full     = pre + t + "\\n</think>\\n"                         thinking done; the answer comes next
     nothink  = pre + "\\n</think>\\n"  = prompt + "<think>\\n\\n</think>\\n"   SmolLM3's enable_thinking=False block

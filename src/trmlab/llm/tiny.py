@@ -149,10 +149,12 @@ def train_tiny_llm(spec: TinyLLMSpec, out_dir: str | Path, log=print) -> Path:
                 model.eval()
                 acc = quick_accuracy(model, tokenizer, spec, n=50)
                 model.train()
-                msg += f" | held-out accuracy (50) no thinking {acc['acc_nothink']:.2f}, thinking {acc['acc_think']:.2f}"
+                msg += (f" | held-out accuracy (50) no thinking {acc['acc_nothink']:.2f}, "
+                        f"thinking {acc['acc_think']:.2f}")
             log(f"{msg} ({time.perf_counter() - t0:.0f} s)")
     model.eval()
-    info = {"spec": asdict(spec), "train_time_s": time.perf_counter() - t0, "final_loss": losses[-1] if losses else None,
+    info = {"spec": asdict(spec), "train_time_s": time.perf_counter() - t0,
+            "final_loss": losses[-1] if losses else None,
             "s_per_step": (time.perf_counter() - t0) / max(spec.steps, 1),
             "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads()}
     if spec.steps:  # an untrained model (smoke tests) is not worth measuring
