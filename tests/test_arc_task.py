@@ -152,3 +152,34 @@ def test_paper_presets_run_a_few_steps_on_cpu(capsys, tmp_path, preset):
                      "train.steps=2", "N_sup=2", "--runs-dir", str(tmp_path), "--data-root", str(tmp_path / "data"),
                      "--quiet")
     assert rc == 0 and "pass@2" in out
+
+
+def test_solve_a_directory_skips_and_lists_bad_tasks(capsys, trained, arc_dir, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    (folder / "transpose.json").write_text((arc_dir / "evaluation" / "transpose.json").read_text())
+    (folder / "bad_colour.json").write_text(
+        '{"train": [{"input": [[1, 12]], "output": [[1]]}], "test": [{"input": [[1]], "output": [[1]]}]}')
+    rc, out, err = run(capsys, "solve", str(trained.run), str(folder), "--out", str(tmp_path / "pics"),
+                       "--data-root", str(trained.data))
+    assert rc in (0, 1) and "Traceback" not in err
+    assert "3 trained views" in out  # --data-root finds the run's dataset from anywhere
+    assert "solved" in out and "of 1 tasks" in out and "skipped 1 bad task file" in out
+    assert "bad_colour.json: task bad_colour" in out and "outside 0-9" in out
+    assert (tmp_path / "pics" / "transpose_test1.png").exists()
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "x.json").write_text('{"train": [')
+    rc, _, err = run(capsys, "solve", str(trained.run), str(only_bad))
+    assert rc == 2 and err.count("\n") == 1 and "none of its 1 task files" in err
+
+
+def test_an_evaluation_split_with_no_good_task_stops_the_build(arc_dir, tmp_path):
+    (tmp_path / "training").mkdir()
+    (tmp_path / "evaluation").mkdir()
+    for f in (arc_dir / "training").glob("*.json"):
+        (tmp_path / "training" / f.name).write_text(f.read_text())
+    (tmp_path / "evaluation" / "bad.json").write_text('{"train": [], "test": []}')
+    cfg = load_config("arc", TINY + [f"data.source={tmp_path}"])
+    with pytest.raises(Exception, match=r"no usable task in split 'evaluation' \(all 1 skipped; first: .*bad\.json"):
+        build_arc(cfg.data, out_root=tmp_path / "data")

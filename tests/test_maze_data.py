@@ -1,6 +1,7 @@
 """Maze data: generator guarantees, path checking, dihedral augmentation, CSV import, builder, text parsing."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -252,6 +253,28 @@ def test_malformed_csv_names_file_and_line(tmp_path):
         M.load_csv(bad)
     with pytest.raises(TrmError, match="no such CSV"):
         M.load_csv(tmp_path / "missing.csv")
+
+
+def test_builder_skips_and_reports_bad_csv_rows(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    good = [M.generate_maze(9, rng, 8) for _ in range(6)]
+    rows = [["s", *(M.tokens_to_text(g).replace("\n", "") for g in pair), 1] for pair in good]
+    q = rows[0][1]
+    walled = "".join(c if c in "SG" else "#" for c in q)  # S and G walled off: no path
+    rows[2:2] = [["s", walled, walled, 0], ["s", q, q, 0]]
+    src = tmp_path / "mazes.csv"
+    write_rows(src, rows)
+    with pytest.raises(TrmError, match=r"mazes\.csv, line 4: maze has no path from S to G"):
+        M.load_csv(src)
+    skipped = []
+    inputs, _ = M.load_csv(src, skipped)
+    assert len(inputs) == 6 and len(skipped) == 2 and "line 5: answer is not a valid shortest path" in skipped[1]
+    path = M.build_maze(M.MazeDataConfig(source=str(src), n_train=4, n_test=2), tmp_path / "d")
+    meta = json.loads((path / "metadata.json").read_text())
+    assert len(meta["skipped_rows"]) == 2 and "skipping maze" in capsys.readouterr().out
+    write_rows(src, rows[2:4])
+    with pytest.raises(TrmError, match=r"CSV has no mazes \(all 2 rows bad; first: .*no path"):
+        M.load_csv(src, [])
 
 
 def test_load_hf_offline_gives_advice(monkeypatch):

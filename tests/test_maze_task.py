@@ -98,6 +98,9 @@ def test_solve_prints_the_path_and_writes_a_png(capsys, tmp_path, mazes):
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert str(walled) in err and "maze" in err and "no path" in err
 
+    rc, _, err = run(capsys, "solve", str(tmp_path / "runs" / "m"), str(tmp_path / "typo.txt"))
+    assert rc == 2 and "typo.txt: maze task: no such maze file" in err
+
     big = tmp_path / "big.txt"
     big.write_text("\n".join(["#########"] + ["#S      #"] + ["#       #"] * 5 + ["#      G#", "#########"]))
     rc, _, err = run(capsys, "solve", str(tmp_path / "runs" / "m"), str(big))

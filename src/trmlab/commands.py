@@ -33,6 +33,10 @@ def data(args):
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     sizes = ", ".join(f"{k} {v:,}" for k, v in meta.get("splits", {}).items())
     print(f"{path}  ({sizes})" if sizes else str(path))
+    skipped = meta.get("skipped_tasks") or meta.get("skipped_rows") or []
+    if skipped:  # a bad ARC task or maze row was left out, not fatal: say how many and where the list is
+        print(f"skipped {len(skipped)} bad {'task' if 'skipped_tasks' in meta else 'row'}"
+              f"{'' if len(skipped) == 1 else 's'} (listed in {meta_file})")
 
 
 # ---------------------------------------------------------------------------------------------- trm train
@@ -107,9 +111,11 @@ def evaluate(args):
 def solve_arguments(p):
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
     p.add_argument("puzzle", help="Sudoku: 81 characters ('.' or 0 = blank); Maze: a text file or grid; "
-                                  "ARC: a task JSON file")
+                                  "ARC: a task JSON file, or a directory of them (bad tasks are skipped and listed)")
     p.add_argument("--n-sup", type=int, default=0)
     p.add_argument("--out", default="", help="where to write pictures (ARC, Maze)")
+    p.add_argument("--data-root", default="data", help="where the run's dataset was built (ARC: finds a task's "
+                                                        "trained views and puzzle ids)")
 
 
 def solve(args):
@@ -119,7 +125,9 @@ def solve(args):
     task = get_task(cfg.task)
     if not hasattr(task, "solve"):
         raise TrmError(f"task '{cfg.task}' has no solver")
-    return task.solve(model, cfg, args.puzzle, n_sup=args.n_sup or cfg.model.n_sup_inference, out=args.out)
+    import inspect
+    extra = {"data_root": args.data_root} if "data_root" in inspect.signature(task.solve).parameters else {}
+    return task.solve(model, cfg, args.puzzle, n_sup=args.n_sup or cfg.model.n_sup_inference, out=args.out, **extra)
 
 
 # ---------------------------------------------------------------------------------------------- presets, info

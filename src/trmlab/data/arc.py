@@ -373,6 +373,9 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
         return out_dir
     train_tasks, skipped = _load_split(cfg, cfg.train_split)
     eval_tasks, skipped_eval = _load_split(cfg, cfg.eval_split)
+    if not eval_tasks:  # nothing left to score: stop here rather than train a run with an empty held-out split
+        first = f" (all {len(skipped_eval)} skipped; first: {skipped_eval[0]['reason']})" if skipped_eval else ""
+        raise TrmError(f"data.source={cfg.source!r}: no usable task in split {cfg.eval_split!r}{first}")
     shared = sorted({t.id for t in train_tasks} & {t.id for t in eval_tasks})
     if shared:  # a held-out test pair would also be trained on
         raise TrmError(f"data.source={cfg.source!r}: tasks {shared[:5]} are in both "

@@ -305,44 +305,57 @@ def generate_maze(size: int, rng: np.random.Generator, min_path_len: int, loop_f
 # ----------------------------------------------------------------------------------------------------------------
 # Maze-Hard CSV layout: source,question,answer,rating with question/answer as flat size*size strings over "# SGo"
 
-def load_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a Maze-Hard style CSV -> (inputs, labels) as [N, size, size] token arrays; bad rows raise TrmError."""
+def load_csv(path: str | Path, skipped: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a Maze-Hard style CSV -> (inputs, labels) as [N, size, size] token arrays.
+
+    A bad row (unreadable maze, no path, an answer that is not the shortest path) raises TrmError naming the file and
+    line; with a ``skipped`` list the row is left out instead and its message appended there (a builder reading many
+    mazes reports bad ones rather than dying on the first).
+    """
     path = Path(path)
     if not path.is_file():
         raise TrmError(f"{path}: no such CSV file")
-    inputs, labels, size = [], [], None
+    inputs, labels, size, bad = [], [], None, []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = {"question", "answer"} - set(reader.fieldnames or [])
         if missing:
             raise TrmError(f"{path}: CSV lacks column(s) {sorted(missing)}; expected source,question,answer,rating")
         for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            q, a = row["question"] or "", row["answer"] or ""
             try:
-                inp, lab = text_to_grid(q), text_to_grid(a)
+                inp, lab = _csv_row(row, size)
             except TrmError as e:
-                raise TrmError(f"{where}: {e}") from None
-            if size is None:
-                size = inp.shape[0]
-            if inp.shape != (size, size) or lab.shape != (size, size):
-                raise TrmError(f"{where}: question is {inp.shape[0]}x{inp.shape[1]} and answer is "
-                               f"{lab.shape[0]}x{lab.shape[1]}, expected {size}x{size} like the first row")
-            if (inp == PATH).any():
-                raise TrmError(f"{where}: question contains path cells 'o'")
-            try:
-                verdict = check_path(inp, lab)
-            except TrmError as e:
-                raise TrmError(f"{where}: {e}") from None
-            if not verdict["valid"]:
-                failed = [k for k in ("walls_ok", "connects", "shortest") if not verdict[k]]
-                raise TrmError(f"{where}: answer is not a valid shortest path for the question "
-                               f"(fails {', '.join(failed)})")
+                message = f"{path}, line {reader.line_num}: {e}"
+                if skipped is None:
+                    raise TrmError(message) from None
+                bad.append(message)
+                continue
+            size = inp.shape[0]
             inputs.append(inp)
             labels.append(lab)
+    if skipped is not None:
+        skipped.extend(bad)
     if not inputs:
-        raise TrmError(f"{path}: CSV has no mazes")
+        raise TrmError(f"{path}: CSV has no mazes" + (f" (all {len(bad)} rows bad; first: {bad[0]})" if bad else ""))
     return np.stack(inputs), np.stack(labels)
+
+
+def _csv_row(row: dict, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One CSV row -> (input grid, label grid), checked: square, same size as the first row, label a shortest path."""
+    inp, lab = text_to_grid(row["question"] or ""), text_to_grid(row["answer"] or "")
+    size = inp.shape[0] if size is None else size
+    if inp.shape != (size, size) or lab.shape != (size, size):
+        raise TrmError(f"question is {inp.shape[0]}x{inp.shape[1]} and answer is "
+                       f"{lab.shape[0]}x{lab.shape[1]}, expected {size}x{size} like the first row")
+    if (inp == PATH).any():
+        raise TrmError("question contains path cells 'o'")
+    if shortest_path_length(inp) is None:
+        raise TrmError("maze has no path from S to G")
+    verdict = check_path(inp, lab)
+    if not verdict["valid"]:
+        failed = [k for k in ("walls_ok", "connects", "shortest") if not verdict[k]]
+        raise TrmError(f"answer is not a valid shortest path for the question (fails {', '.join(failed)})")
+    return inp, lab
 
 
 def _flat_text(grid: np.ndarray) -> str:
@@ -360,15 +373,33 @@ def write_csv(path: str | Path, inputs: np.ndarray, labels: np.ndarray, source: 
     return path
 
 
-def load_hf(name: str = HF_DATASET, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Download ``{split}.csv`` of a Hugging Face dataset in the Maze-Hard layout and load it."""
+def load_hf(name: str = HF_DATASET, split: str = "train",
+            skipped: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Download ``{split}.csv`` of a Hugging Face dataset in the Maze-Hard layout (or take it from the local Hugging
+    Face cache) and load it."""
     try:
         from huggingface_hub import hf_hub_download
-        local = hf_hub_download(repo_id=name, filename=f"{split}.csv", repo_type="dataset")
+        kw = dict(repo_id=name, filename=f"{split}.csv", repo_type="dataset")
+        try:
+            local = hf_hub_download(**kw, local_files_only=True)  # cached: no network, no retry messages
+        except Exception:
+            local = _quietly(hf_hub_download, **kw)
     except Exception as e:  # offline, unknown repo, missing file: all the same advice to the user
         raise TrmError(f"cannot download {name}/{split}.csv ({type(e).__name__}); "
                        f"pass a local CSV with data.source=path.csv") from None
-    return load_csv(local)
+    return load_csv(local, skipped)
+
+
+def _quietly(fn, **kw):
+    """Call ``fn`` with huggingface_hub's retry warnings silenced (offline, they print one line per retry)."""
+    import logging
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return fn(**kw)
+    finally:
+        log.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -444,16 +475,19 @@ def _subsample(arrays: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Gen
     return inputs[idx], labels[idx]
 
 
-def _csv_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """train/test from a HF dataset, a folder with train.csv/test.csv, a train.csv beside a test.csv, or one CSV."""
+def _csv_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator,
+                     skipped: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """train/test from a HF dataset, a folder with train.csv/test.csv, a train.csv beside a test.csv, or one CSV.
+
+    Bad rows are left out, their messages appended to ``skipped``."""
     src = Path(cfg.source)
     if src.is_dir():
-        loaded = {split: load_csv(src / f"{split}.csv") for split in ("train", "test")}
+        loaded = {split: load_csv(src / f"{split}.csv", skipped) for split in ("train", "test")}
     elif src.suffix.lower() == ".csv" and src.name.lower() == "train.csv" and (src.parent / "test.csv").is_file():
-        loaded = {split: load_csv(src.parent / f"{split}.csv") for split in ("train", "test")}
+        loaded = {split: load_csv(src.parent / f"{split}.csv", skipped) for split in ("train", "test")}
     elif src.suffix.lower() == ".csv" or src.exists():
         # One file: shuffle once, then the first n_train rows train and the next n_test rows test (disjoint by row).
-        inputs, labels = load_csv(src)
+        inputs, labels = load_csv(src, skipped)
         if cfg.n_train + cfg.n_test > len(inputs):
             raise TrmError(f"{src}: data.n_train + data.n_test = {cfg.n_train + cfg.n_test} but the CSV has only "
                            f"{len(inputs)} mazes")
@@ -461,7 +495,7 @@ def _csv_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator) -> dict[str,
         tr, te = perm[:cfg.n_train], perm[cfg.n_train:cfg.n_train + cfg.n_test]
         return {"train": (inputs[tr], labels[tr]), "test": (inputs[te], labels[te])}
     else:
-        loaded = {split: load_hf(cfg.source, split) for split in ("train", "test")}
+        loaded = {split: load_hf(cfg.source, split, skipped) for split in ("train", "test")}
     return {split: _subsample(loaded[split], n, rng, split)
             for split, n in (("train", cfg.n_train), ("test", cfg.n_test))}
 
@@ -501,7 +535,12 @@ def build_maze(cfg: MazeDataConfig, out_root: str | Path = "data", force: bool =
         return out_dir
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
-    mazes = _generate_split_mazes(cfg, rng) if cfg.source == "generate" else _csv_split_mazes(cfg, rng)
+    skipped: list[str] = []
+    mazes = _generate_split_mazes(cfg, rng) if cfg.source == "generate" else _csv_split_mazes(cfg, rng, skipped)
+    for message in skipped[:5]:
+        print(f"warning: skipping maze: {message}")
+    if len(skipped) > 5:
+        print(f"warning: skipping {len(skipped) - 5} more bad mazes (all listed in metadata.json, skipped_rows)")
     size = mazes["train"][0].shape[1]
     splits = {
         "train": _augment(*mazes["train"], cfg.num_aug, rng),
@@ -511,7 +550,7 @@ def build_maze(cfg: MazeDataConfig, out_root: str | Path = "data", force: bool =
         task="maze", vocab_size=VOCAB_SIZE, seq_len=size * size, num_puzzle_ids=1, pad_id=PAD, ignore_label_id=0,
         size=size, charset=CHARSET, config=asdict(cfg),
         mean_path_len={name: _mean_path_len(s) for name, s in splits.items()},
-        build_seconds=round(time.time() - t0, 2),
+        build_seconds=round(time.time() - t0, 2), skipped_rows=skipped,
     )
     return save_puzzle_dataset(out_dir, splits, meta)
 

@@ -152,21 +152,57 @@ class ArcTask(PuzzleTask):
         rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
         return [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)], False
 
-    def solve(self, model, cfg, path: str, n_sup: int, out: str = "") -> int:
-        """Predict the test outputs of one task file under the dataset's augmentations, vote, print, draw.
+    def solve(self, model, cfg, path: str, n_sup: int, out: str = "", data_root: str | Path = "data") -> int:
+        """Predict the test outputs of one task file (or of every task file in a directory), vote, print, draw.
 
-        Exit code 0 when every test pair with a known output is solved within two attempts (or none is known).
+        Exit code 0 when every test pair with a known output is solved within two attempts (or none is known), 1
+        when one is not. A directory is a study over many tasks: a malformed task file is skipped and listed at the
+        end instead of stopping the others (exit 2 only when no task in it could be read).
         """
-        from trmlab.data.arc import _parse_task, encode_grid, render_task_png
+        f = Path(path)
+        if f.is_dir():
+            return self._solve_directory(model, cfg, f, n_sup, out, data_root)
+        if not f.is_file():
+            raise TrmError(f"{path}: no such ARC task file")
+        from trmlab.data.arc import _parse_task
+        task = _parse_task(f.stem, str(f), f, require_test_outputs=False)  # bad grids: TrmError naming file + task
+        failed, _ = self._solve_task(model, cfg, task, n_sup, out, dataset_meta(cfg.data, data_root), data_root)
+        return 1 if failed else 0
+
+    def _solve_directory(self, model, cfg, folder: Path, n_sup: int, out: str, data_root) -> int:
+        from trmlab.data.arc import _parse_task
+        files = sorted(folder.glob("*.json"))
+        if not files:
+            raise TrmError(f"{folder}: no <task_id>.json files")
+        meta = dataset_meta(cfg.data, data_root)
+        out_dir = "" if out.lower().endswith(".png") else out  # one picture per task and test pair
+        solved, scored, bad = 0, 0, []
+        for f in files:
+            try:
+                task = _parse_task(f.stem, str(f), f, require_test_outputs=False)
+            except TrmError as e:
+                print(f"skipped: {e}")
+                bad.append(str(e))
+                continue
+            failed, known = self._solve_task(model, cfg, task, n_sup, out_dir, meta, data_root)
+            if known:
+                scored += 1
+                solved += not failed
+        if len(bad) == len(files):
+            raise TrmError(f"{folder}: none of its {len(files)} task files could be read (first: {bad[0]})")
+        print(f"{folder}: solved {solved} of {scored} tasks with known test outputs (pass@2, every test pair)"
+              + (f"; skipped {len(bad)} bad task file{'s' if len(bad) > 1 else ''}:" if bad else ""))
+        for message in bad:
+            print(f"  {message}")
+        return 0 if solved == scored else 1
+
+    def _solve_task(self, model, cfg, task, n_sup: int, out: str, meta: dict | None, data_root) -> tuple[int, bool]:
+        """Solve one parsed task; returns (test pairs failed, whether any test output was known)."""
+        from trmlab.data.arc import encode_grid, render_task_png
         from trmlab.data.puzzles import PuzzleSplit
         from trmlab.eval.arc_vote import vote
         from trmlab.eval.puzzle import evaluate_puzzles
 
-        f = Path(path)
-        if not f.is_file():
-            raise TrmError(f"{path}: no such ARC task file")
-        task = _parse_task(f.stem, str(f), f, require_test_outputs=False)  # bad grids: TrmError naming file + task
-        meta = dataset_meta(cfg.data)
         views, known = self._views(task, cfg, meta)
         if known:
             seen = "its test pairs too" if task.id in meta.get("train_tasks", []) else \
@@ -175,6 +211,9 @@ class ArcTask(PuzzleTask):
         else:
             print(f"task {task.id}: not in the training data; {len(views)} views with the blank puzzle id 0 "
                   f"(TRM learns a puzzle embedding per task, so expect little on unseen tasks)")
+            if meta is None and cfg.model.num_puzzle_ids > 1:
+                print(f"  (the run's dataset is not under {data_root}/; pass --data-root where it was built to use "
+                      f"the trained puzzle ids of its tasks)")
         inputs, keys, pids = [], [], []
         for pid, aug in views:
             for i, (inp, _) in enumerate(task.test):
@@ -187,11 +226,12 @@ class ArcTask(PuzzleTask):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_sup_inference=n_sup))
         result = evaluate_puzzles(model, split, cfg, torch.device("cpu"))
         ranked = vote(keys, result.predictions, sigmoid(result.q_logits))
-        failed = 0
+        failed, any_known = 0, False
         for i, (inp, expected) in enumerate(task.test):
             candidates = ranked.get((task.id, i), [])
             verdict = "no expected output"
             if expected is not None:
+                any_known = True
                 ok = any(np.array_equal(c.grid, expected) for c in candidates[:2])
                 failed += not ok
                 verdict = "pass" if ok else "fail"
@@ -202,4 +242,4 @@ class ArcTask(PuzzleTask):
             png = render_task_png(_png_path(out, task.id, i, len(task.test)), inp, expected,
                                   best.grid if best else None, title=f"{task.id} test[{i}]: {verdict}")
             print(f"picture: {png}")
-        return 1 if failed else 0
+        return failed, any_known

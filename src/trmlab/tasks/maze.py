@@ -41,10 +41,13 @@ def _maze_size(data_cfg, data_root: str | Path = "data") -> int:
 
 def read_maze(text_or_file: str):
     """A maze for `trm solve`: a text file, the grid itself (lines), or one flat size*size string -> (grid, where)."""
-    from trmlab.data.maze import parse_maze_text
+    from trmlab.data.maze import CHARSET, parse_maze_text
     path = Path(text_or_file)
     is_file = len(text_or_file) < 4096 and "\n" not in text_or_file and path.is_file()
     where = str(path) if is_file else "maze text"
+    if not is_file and "\n" not in text_or_file and set(text_or_file) - set(CHARSET):
+        # neither a file nor a maze (a maze row holds only '# SGo'): most likely a mistyped file name
+        raise TrmError(f"{text_or_file}: maze task: no such maze file (or pass the maze text itself)")
     text = path.read_text() if is_file else text_or_file
     if "\n" not in text.strip():  # one flat row, as the Maze-Hard CSV stores mazes
         flat = text.strip("\r\n")
