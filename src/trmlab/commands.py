@@ -40,15 +40,20 @@ def data(args):
 
 
 # ---------------------------------------------------------------------------------------------- trm train
-def train_arguments(p):
-    p.add_argument("preset", help="preset name (see `trm presets`), a YAML file, or a run directory")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.n_embd=256 train.steps=2000")
-    p.add_argument("--name", help="run name (default: the preset's name); the run lives in <runs-dir>/<name>")
+def run_options(p, name_help: str = "run name (default: the preset's name); the run lives in <runs-dir>/<name>"):
+    """The options every command that writes a run shares (`trm train`, `trm latent`)."""
+    p.add_argument("--name", help=name_help)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--data-root", default="data")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--quiet", action="store_true")
+
+
+def train_arguments(p):
+    p.add_argument("preset", help="preset name (see `trm presets`), a YAML file, or a run directory")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.n_embd=256 train.steps=2000")
+    run_options(p)
 
 
 def train(args):

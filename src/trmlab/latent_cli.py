@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from trmlab.config import _apply, load_config, preset_dict
+from trmlab.commands import run_options
 from trmlab.errors import TrmError
 
 
@@ -26,12 +27,7 @@ def latent_arguments(p):
     p.add_argument("preset", help="a preset (latent-tiny, latent-smollm3), a YAML file or a run directory "
                                   "(rl: the phase-2 run whose TRM supplies the latents)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=600 data.n_train=4000 rl.steps=60")
-    p.add_argument("--name", help="run name (default: the preset's name; rl: <name>-rl)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--resume", action="store_true", help="train: continue the run from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="train: delete an existing run directory first")
-    p.add_argument("--quiet", action="store_true")
+    run_options(p, name_help="run name (default: the preset's name; rl: <name>-rl)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
