@@ -342,22 +342,26 @@ def _load_split(cfg: ArcDataConfig, split: str) -> tuple[list[ArcTask], list[dic
 
 
 class _Rows:
-    """Rows of one split, collected before stacking; group ids number the base (task, pair)s in order of arrival."""
+    """Rows of one split, written into arrays allocated once for the known row count, so a build holds each row once
+    (ARC-AGI-1 at the paper's 1,000 views is ~6 GB of tokens; stacking a list of rows would need twice that).
+    Group ids number the base (task, pair)s in order of arrival."""
 
-    def __init__(self):
-        self.inputs, self.labels, self.puzzle_ids, self.group_ids, self.groups = [], [], [], [], {}
+    def __init__(self, n: int):
+        self.inputs = np.zeros((n, SEQ_LEN), TOKEN_DTYPE)
+        self.labels = np.zeros((n, SEQ_LEN), TOKEN_DTYPE)
+        self.puzzle_ids = np.zeros(n, np.int32)
+        self.group_ids = np.zeros(n, np.int32)
+        self.groups, self.n = {}, 0
 
     def add(self, x, y, puzzle_id: int, group: tuple[str, int]):
-        self.inputs.append(x)
-        self.labels.append(y)
-        self.puzzle_ids.append(puzzle_id)
-        self.group_ids.append(self.groups.setdefault(group, len(self.groups)))
+        i = self.n
+        self.inputs[i], self.labels[i], self.puzzle_ids[i] = x, y, puzzle_id
+        self.group_ids[i] = self.groups.setdefault(group, len(self.groups))
+        self.n += 1
 
     def split(self) -> PuzzleSplit:
-        def stack(rows):
-            return np.stack(rows) if rows else np.zeros((0, SEQ_LEN), TOKEN_DTYPE)
-        return PuzzleSplit(stack(self.inputs), stack(self.labels),
-                           np.array(self.puzzle_ids, np.int32), np.array(self.group_ids, np.int32))
+        assert self.n == len(self.inputs), f"{self.n} rows written into room for {len(self.inputs)}"
+        return PuzzleSplit(self.inputs, self.labels, self.puzzle_ids, self.group_ids)
 
 
 def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
@@ -380,17 +384,22 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
     if shared:  # a held-out test pair would also be trained on
         raise TrmError(f"data.source={cfg.source!r}: tasks {shared[:5]} are in both "
                        f"{cfg.train_split!r} and {cfg.eval_split!r}")
-    rows, test, puzzles, test_rows = _Rows(), _Rows(), [None], []
     jobs = [(t, False) for t in train_tasks] + [(t, True) for t in eval_tasks]
-    for task, is_eval in tqdm(jobs, desc="arc tasks", unit="task", leave=False):
-        # per-task streams: a task's views do not change with max_tasks, or with translate
-        aug_rng = np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), 0])
+
+    def trained_pairs(task: ArcTask, is_eval: bool) -> list:
+        return (task.train if cfg.train_on_eval_demos else []) if is_eval else task.train + task.test
+
+    # Pass 1: every task's views (per-task streams: a task's views do not change with max_tasks, or with translate),
+    # so the row counts are known and pass 2 writes straight into arrays of their final size.
+    views = [task_augmentations(task, cfg.num_aug, np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), 0]))
+             for task, _ in tqdm(jobs, desc="arc views", unit="task", leave=False)]
+    rows = _Rows(sum(len(augs) * len(trained_pairs(t, e)) for (t, e), augs in zip(jobs, views)))
+    test = _Rows(sum(len(augs) * len(t.test) for (t, e), augs in zip(jobs, views) if e))
+    puzzles, test_rows = [None], []
+    for (task, is_eval), augs in zip(tqdm(jobs, desc="arc tasks", unit="task", leave=False), views):
         shift_rng = np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), 1])
-        if not is_eval:
-            pairs = task.train + task.test
-        else:
-            pairs = task.train if cfg.train_on_eval_demos else []
-        for aug in task_augmentations(task, cfg.num_aug, aug_rng):
+        pairs = trained_pairs(task, is_eval)
+        for aug in augs:
             puzzle_id = len(puzzles)
             puzzles.append(f"{task.id}|{aug.key}")
             unshifted = int(shift_rng.integers(len(pairs))) if pairs else -1  # the paper keeps one pair at (0, 0)
