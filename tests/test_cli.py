@@ -36,6 +36,10 @@ def test_train_eval_solve_round_trip(capsys, tmp_path, tiny_overrides):
 
     rc, out, _ = run(capsys, "eval", str(tmp_path / "runs" / "t"), "--data-root", data, "--json")
     assert rc == 0 and '"exact_acc"' in out
+    rc, out, _ = run(capsys, "eval", str(tmp_path / "runs" / "t"), "--data-root", data, "--threads", "1")
+    header = next(ln for ln in out.splitlines() if ln.strip().startswith("sup step"))
+    assert rc == 0 and all(c in header for c in ("exact acc", "cell acc", "blank acc"))  # each *_per_step a column
+    assert sum(ln.split()[0].isdigit() for ln in out.splitlines()) == 3  # one row per supervision step (TINY: 3)
 
     splits, _ = load_puzzle_dataset(build_sudoku(SudokuDataConfig(n_train=64, n_test=16, min_blanks=20,
                                                                   max_blanks=25), data))

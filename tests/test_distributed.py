@@ -24,7 +24,8 @@ from trmlab.train.trainer import Trainer, train
 
 from conftest import TINY
 
-MODES = ["train.supervision_weight_base=3", "train.improvement_reward_scale=0.5"]
+# a puzzle-id prefix, so the sign-SGD table's all-gathered update is checked against one process as well
+MODES = ["train.supervision_weight_base=3", "train.improvement_reward_scale=0.5", "model.puzzle_emb_len=2"]
 STEPS = 4
 
 

@@ -16,11 +16,11 @@ def weights(run_dir):
     return load_file(latest_checkpoint(run_dir) / "model.safetensors")
 
 
-@pytest.mark.parametrize("mode, optimizer", [("per_step", "adam_atan2"), ("summed", "adam_atan2"),
-                                             ("per_step", "adamw")])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, data_root, tiny_overrides, mode, optimizer):
+@pytest.mark.parametrize("mode, optimizer, prefix", [("per_step", "adam_atan2", 2), ("summed", "adam_atan2", 0),
+                                                     ("per_step", "adamw", 0)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, data_root, tiny_overrides, mode, optimizer, prefix):
     extra = [f"train.supervision={mode}", "train.supervision_weight_base=3", "train.improvement_reward_scale=0.5",
-             f"train.optimizer={optimizer}"]
+             f"train.optimizer={optimizer}", f"model.puzzle_emb_len={prefix}"]  # prefix: + the sign-SGD table
     full = load_config("sudoku", tiny_overrides + extra + ["train.steps=6"])
     train(full, tmp_path / "full", data_root=data_root, quiet=True)
 

@@ -68,15 +68,19 @@ def train(args):
 
 
 def print_eval(metrics: dict, title: str = ""):
-    """A per-supervision-step table when the metrics have one, then the scalar metrics."""
+    """A per-supervision-step table of every ``*_per_step`` metric (one column each), then the scalar metrics; other
+    lists and dicts (per-task ARC scores, ...) are left to ``--json``."""
     if title:
         print(title)
-    per_step = metrics.get("exact_acc_per_step")
+    label = {"fill_acc": "blank acc"}  # fill_acc: the cells that were blank in the puzzle (the docs' "blank acc")
+    per_step = {label.get(name, name.replace("_", " ")): v for k, v in metrics.items()
+                if (name := k.removesuffix("_per_step")) != k and isinstance(v, list) and v and isinstance(v[0], (int, float))}
     if per_step:
-        print(f"{'sup step':>8}  {'exact acc':>9}  {'cell acc':>8}  {'blank acc':>9}")
-        rows = zip(per_step, metrics.get("cell_acc_per_step", []), metrics.get("fill_acc_per_step", []))
-        for k, (e, c, f) in enumerate(rows, 1):
-            print(f"{k:>8}  {e:>9.4f}  {c:>8.4f}  {f:>9.4f}")
+        width = {k: max(len(k), 8) for k in per_step}
+        print(f"{'sup step':>8}  " + "  ".join(f"{k:>{width[k]}}" for k in per_step))
+        for i in range(max(len(v) for v in per_step.values())):
+            cells = [f"{v[i]:>{width[k]}.4f}" if i < len(v) else " " * width[k] for k, v in per_step.items()]
+            print(f"{i + 1:>8}  " + "  ".join(cells))
     for k, v in metrics.items():
         if not isinstance(v, (list, dict)):
             print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
@@ -92,11 +96,15 @@ def evaluate_arguments(p):
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     p.add_argument("--data-root", default="data")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's; 1 on a busy machine)")
 
 
 def evaluate(args):
     from trmlab.api import load
     from trmlab.tasks import get_task
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, cfg = load(args.checkpoint, use_ema=not args.no_ema)
     if args.n_sup:
         cfg.model.n_sup_inference = args.n_sup
@@ -104,7 +112,6 @@ def evaluate(args):
     data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
     if args.split not in data.splits:
         raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
-    import torch
     metrics = task.evaluate(model, data, cfg, torch.device("cpu"), split=args.split, max_samples=args.max_samples)
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -64,6 +64,8 @@ class ModelConfig:
     num_puzzle_ids: int = 0          # 0 = take it from the dataset
     puzzle_emb_ndim: int = 0         # numbers stored per puzzle id; 0 = puzzle_emb_len x n_embd. The paper stores
                                      # n_embd (512) and zero-pads them to the prefix: 16x smaller ARC table
+    puzzle_emb_sparse: bool = True   # the paper: a buffer trained by sign-SGD on the rows a batch used
+                                     # (train.puzzle_emb_lr / _weight_decay); false: a parameter of train.optimizer
     # The recursion engine (DESIGN.md). n_loops = the paper's n (L_cycles), T_recursion = T (H_cycles).
     n_loops: int = 6
     T_recursion: int = 3

@@ -142,8 +142,9 @@ class HaltTracker:
 
 def count_parameters(model: nn.Module) -> dict:
     """Parameter counts with and without the puzzle-identifier table (the paper's "7M" excludes it)."""
-    total = sum(p.numel() for p in model.parameters())
-    table = sum(p.numel() for n, p in model.named_parameters() if "puzzle_emb" in n)
+    sparse = sum(b.numel() for n, b in model.named_buffers() if "puzzle_emb" in n)  # the sign-SGD table
+    total = sum(p.numel() for p in model.parameters()) + sparse
+    table = sum(p.numel() for n, p in model.named_parameters() if "puzzle_emb" in n) + sparse
     return {"params": total, "params_without_puzzle_emb": total - table, "puzzle_emb_params": table}
 
 

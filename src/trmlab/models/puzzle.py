@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from trmlab.errors import TrmError
 from trmlab.nn.block import ReasoningCore
+from trmlab.nn.sparse_embedding import SparseEmbedding
 from trmlab.recursion import RecursiveModel, lecun_init_
 
 
@@ -17,7 +18,8 @@ class PuzzleEmbedding(nn.Module):
     """Token embedding scaled by sqrt(hidden), an optional learned position table, and the puzzle-id prefix.
 
     The puzzle-identifier embedding (``puzzle_emb``) gives each puzzle (ARC: each task x augmentation) its own
-    ``puzzle_emb_len`` prefix vectors, zero-initialised and trained with their own learning rate. With
+    ``puzzle_emb_len`` prefix vectors, zero-initialised and trained with their own learning rate (by default the
+    paper's sparse sign-SGD, ``trmlab.nn.sparse_embedding``). With
     ``puzzle_emb_ndim`` < puzzle_emb_len x n_embd (the paper: n_embd) each id stores only that many numbers and the
     rest of the prefix is zero padding, as the official code does.
     """
@@ -33,7 +35,8 @@ class PuzzleEmbedding(nn.Module):
             ndim = cfg.puzzle_emb_ndim or self.prefix_len * d
             if ndim > self.prefix_len * d:
                 raise TrmError(f"model.puzzle_emb_ndim={ndim} exceeds puzzle_emb_len x n_embd = {self.prefix_len * d}")
-            self.puzzle_emb = nn.Embedding(max(cfg.num_puzzle_ids, 1), ndim)
+            table = SparseEmbedding if cfg.puzzle_emb_sparse else nn.Embedding
+            self.puzzle_emb = table(max(cfg.num_puzzle_ids, 1), ndim)
             nn.init.zeros_(self.puzzle_emb.weight)
         self.pos = None
         if cfg.pos_encoding == "learned":

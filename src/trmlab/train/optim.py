@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 
 from trmlab.errors import TrmError
+from trmlab.nn.sparse_embedding import SignSGDRows, SparseEmbedding
 
 
 def param_groups(model: nn.Module, t) -> list[dict]:
     """Split parameters by role; each group remembers its base LR in ``initial_lr`` for the schedule.
 
-    - puzzle_emb: the per-puzzle prefix table, with its own LR and weight decay (the paper's sparse embedding)
+    - puzzle_emb: the per-puzzle prefix table when it is a dense parameter (model.puzzle_emb_sparse=false)
     - embed: token / position embeddings and the output head (nanochat's embedding_lr)
     - matrix: every other >= 2-D weight (Muon-eligible)
     - vector: biases and 1-D parameters, never weight-decayed
@@ -67,7 +68,14 @@ def adamw(groups: list[dict], betas) -> torch.optim.AdamW:
 
 
 def build_optimizers(model: nn.Module, t) -> list[torch.optim.Optimizer]:
-    """One optimizer, or two for Muon (Muon for hidden matrices, AdamW for the rest, as nanochat)."""
+    """The main optimizer (two for Muon: Muon for hidden matrices, AdamW for the rest, as nanochat), plus sign-SGD
+    for sparse puzzle-identifier tables (the paper's), which are buffers and so in no parameter group."""
+    tables = [m for m in model.modules() if isinstance(m, SparseEmbedding)]
+    sparse = [SignSGDRows(tables, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)] if tables else []
+    return _main_optimizers(model, t) + sparse
+
+
+def _main_optimizers(model: nn.Module, t) -> list[torch.optim.Optimizer]:
     groups = param_groups(model, t)
     betas = (t.beta1, t.beta2)
     if t.optimizer == "muon":
