@@ -26,8 +26,16 @@ from trmlab.errors import TrmError
 
 
 def _tensors(sd: dict) -> dict:
-    # safetensors refuses shared storage; clone so tied weights are saved as separate arrays.
-    return {k: v.detach().contiguous().clone().cpu() for k, v in sd.items() if torch.is_tensor(v)}
+    """CPU tensors to save. safetensors refuses two names on one storage, so a tied weight's second name gets a
+    copy; nothing else is copied (a checkpoint of a large puzzle-id table must not need its size again in RAM)."""
+    out, seen = {}, set()
+    for k, v in sd.items():
+        if torch.is_tensor(v):
+            v = v.detach().contiguous().cpu()
+            ptr = v.untyped_storage().data_ptr()
+            out[k] = v.clone() if ptr in seen else v
+            seen.add(ptr)
+    return out
 
 
 def flatten_optimizer(sd: dict, prefix: str) -> tuple[dict, dict]:
