@@ -78,3 +78,7 @@ def test_overrides_may_follow_options():
     assert args.overrides == ["model.n_loops=1", "train.steps=3"] and args.name == "x"
     with pytest.raises(SystemExit):  # a stray word that is not key=value is still an error
         parse(["train", "sudoku", "--name", "x", "oops"])
+    # the seeds' script style, and the other verbs' positional lists (study patterns, bench items)
+    assert parse(["train", "lm-A", "--matrix_lr=0.001"]).overrides == ["matrix_lr=0.001"]
+    assert parse(["study", "run", "exp01", "--dry-run", "train.steps=5"]).patterns == ["exp01", "train.steps=5"]
+    assert parse(["bench", "sudoku", "--steps", "2", "train.threads=1"]).items == ["sudoku", "train.threads=1"]

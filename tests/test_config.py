@@ -26,12 +26,36 @@ def test_unknown_key_names_close_matches():
     ("model.core=transformer", "not one of attention, mlp_mixer"),
     ("train.ema_decay=1.5", "ema_decay"),
     ("model.n_loops=0", "must be >= 1"),
+    ("train.supervision_weight_base=-3", "supervision_weight_base must be > 0"),
+    ("model.mlp_ratio=0", "mlp_ratio"),
+    ("train.lr=-1e-4", "train.lr must be >= 0"),
+    ("train.warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("train.grad_clip=-1", "grad_clip must be >= 0"),
+    ("train.beta2=1.0", "beta2 must be in"),
     ("nonsense", "not key=value"),
 ])
 def test_bad_values_fail_with_one_line(override, message):
     with pytest.raises(TrmError, match=message) as e:
         load_config("sudoku", [override])
     assert "\n" not in str(e.value)
+
+
+def test_aliases_with_section_and_seed_script_names():
+    cfg = load_config("sudoku", ["model.L_cycles=5", "n_sup=3", "model.mlp_t=false", "matrix_lr=2e-3", "depth=3"])
+    m = cfg.model
+    assert (m.n_loops, m.n_sup_train, m.n_sup_inference, m.core, m.n_layer) == (5, 3, 3, "attention", 3)
+    assert cfg.train.lr == pytest.approx(2e-3)
+    with pytest.raises(TrmError, match=r"did you mean L_cycles \(= model.n_loops\)"):
+        load_config("sudoku", ["model.Lcycles=2"])
+
+
+def test_config_file_without_task_or_base_is_an_error(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("model:\n  n_embd: 64\n")
+    with pytest.raises(TrmError, match="names neither a task"):
+        load_config(str(f))
+    f.write_text("base: sudoku\nmodel:\n  n_embd: 64\n")
+    assert load_config(str(f)).model.n_embd == 64
 
 
 def test_unknown_preset_suggests_names():

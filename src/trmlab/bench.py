@@ -11,7 +11,8 @@ reach in a large matmul loop (fp32 on CPU; bf16 on CUDA when training in bf16), 
 steps, so a machine whose load changes during a bench is compared like with like (the header also gives the
 whole machine's peak). The
 engine's overhead is its training step against the same blocks applied the same number of times in a plain
-loop. The table goes to stdout and is appended to docs/benchmarks.md with the machine, load, date and command.
+loop. The table goes to stdout and is appended, with the machine, load, date and command, to docs/benchmarks.md
+when run in a checkout (or to --doc FILE).
 """
 
 from __future__ import annotations
@@ -417,6 +418,9 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------ the verb
+DEFAULT_DOC = "docs/benchmarks.md"
+
+
 def bench_arguments(p: argparse.ArgumentParser):
     p.add_argument("items", nargs="*", help="presets to measure (default: every preset) and key=value overrides "
                                             "applied to each")
@@ -430,7 +434,9 @@ def bench_arguments(p: argparse.ArgumentParser):
     p.add_argument("--n", type=int, nargs="*", default=[1, 2, 4], help="n_loops values for the memory sweep")
     p.add_argument("--no-overhead", dest="overhead", action="store_false", help="skip the engine-overhead figure")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--doc", default="docs/benchmarks.md", help="append the report here ('' = do not append)")
+    p.add_argument("--doc", default=None, help="append the report to this file ('' = do not append; default: "
+                                               "docs/benchmarks.md when the current directory has one, as a "
+                                               "trmlab checkout does)")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
 
 
@@ -449,6 +455,8 @@ def bench(args):
         raise TrmError("--steps and --warmup must be >= 1")
     args.command = "trm bench " + " ".join(shlex.quote(x) for x in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
         else "trm bench " + " ".join(shlex.quote(x) for x in args.items)
+    if args.doc is None:  # never create docs/ in a user's directory; append only to a benchmarks file that exists
+        args.doc = DEFAULT_DOC if Path(DEFAULT_DOC).is_file() else ""
     text = Bench(args).run()
     print(text)
     if args.doc:

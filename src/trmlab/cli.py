@@ -31,6 +31,10 @@ COMMANDS = {
 }
 
 
+# the positional list a verb collects key=value overrides in (train/eval: overrides, study: patterns, bench: items)
+TRAILING = ("overrides", "patterns", "items")
+
+
 def _load(spec: str):
     if ":" not in spec:
         mod = importlib.import_module(spec)
@@ -62,9 +66,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     argparse stops filling a positional list at the first option, so the stragglers are collected here."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(
-            "=" in e and not e.startswith("-") for e in extra):
-        args.overrides += extra
+    # `--key=value` as in the seeds' scripts (`--matrix_lr=0.001`) is an override like `key=value`
+    extra = [e[2:] if e.startswith("--") and "=" in e else e for e in extra]
+    trailing = next((getattr(args, n) for n in TRAILING if isinstance(getattr(args, n, None), list)), None)
+    if extra and trailing is not None and all("=" in e and not e.startswith("-") for e in extra):
+        trailing += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args

@@ -26,6 +26,7 @@ ALIASES = {
     "H_cycles": "model.T_recursion",
     "halt_max_steps": ("model.n_sup_train", "model.n_sup_inference"),
     "N_sup": ("model.n_sup_train", "model.n_sup_inference"),
+    "n_sup": ("model.n_sup_train", "model.n_sup_inference"),
     "hidden_size": "model.n_embd",
     "L_layers": "model.n_layer",
     "num_heads": "model.n_head",
@@ -35,6 +36,9 @@ ALIASES = {
     "mlp_t": "model.core",  # mlp_t=True -> core=mlp_mixer
     "pos_encodings": "model.pos_encoding",
     "loss_type": "train.loss",
+    # seeds 000/002 run nanochat-style scripts: --depth=12 --matrix_lr=0.001 --embedding_lr=0.01
+    "depth": "model.n_layer",
+    "matrix_lr": "train.lr",
 }
 
 
@@ -79,6 +83,11 @@ class ModelConfig:
         for name in ("n_embd", "n_layer", "n_head", "n_loops", "T_recursion", "n_sup_train", "n_sup_inference"):
             if getattr(self, name) < 1:
                 raise TrmError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mlp_ratio <= 0 or self.rope_theta <= 0:
+            raise TrmError(f"model.mlp_ratio and model.rope_theta must be > 0, got {self.mlp_ratio}, {self.rope_theta}")
+        for name in ("n_kv_head", "puzzle_emb_len", "num_puzzle_ids", "puzzle_emb_ndim", "vocab_size", "seq_len"):
+            if getattr(self, name) < 0:
+                raise TrmError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         if self.core == "attention" and self.n_embd % self.n_head:
             raise TrmError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.n_kv_head and self.n_head % self.n_kv_head:
@@ -144,8 +153,23 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise TrmError("train.steps must be >= 0 and train.batch_size, train.grad_accum >= 1")
-        if not 0 <= self.ema_decay < 1:
-            raise TrmError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("time_budget_s", "lr", "embedding_lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
+                     "warmup_steps", "grad_clip", "halt_loss_weight", "improvement_reward_scale", "curriculum_steps",
+                     "eval_interval", "eval_samples", "ckpt_interval", "threads"):
+            if getattr(self, name) < 0:
+                raise TrmError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.supervision_weight_base <= 0:  # the weights grow geometrically from 1 to base
+            raise TrmError(f"train.supervision_weight_base must be > 0, got {self.supervision_weight_base}")
+        if self.curriculum_n_loops < 1 or self.curriculum_T_recursion < 1 or self.log_interval < 1:
+            raise TrmError("train.curriculum_n_loops, train.curriculum_T_recursion and train.log_interval must be >= 1")
+        for name in ("ema_decay", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise TrmError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("act_exploration", "min_lr_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TrmError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.act_exploration_final > 1:
+            raise TrmError(f"train.act_exploration_final must be <= 1 (< 0: off), got {self.act_exploration_final}")
 
 
 @dataclass
@@ -167,6 +191,11 @@ class Config:
 def _data_class(task: str) -> type:
     from trmlab.tasks import get_task
     return get_task(task).data_config
+
+
+def _task_names() -> list[str]:
+    from trmlab.tasks import TASKS
+    return sorted(TASKS)
 
 
 def _type_name(tp) -> str:
@@ -214,10 +243,7 @@ def _apply(obj, values: dict, prefix: str):
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in by_name:
-            close = difflib.get_close_matches(key, list(by_name), n=3)
-            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else \
-                f"; valid keys: {', '.join(prefix + n for n in by_name)}"
-            raise TrmError(f"unknown config key '{path}'{hint}")
+            raise TrmError(f"unknown config key '{path}'{_key_hint(key, prefix, by_name)}")
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -229,6 +255,17 @@ def _apply(obj, values: dict, prefix: str):
         if choices and value not in choices:
             raise TrmError(f"{path}: '{value}' is not one of {', '.join(choices)}")
         setattr(obj, key, value)
+
+
+def _key_hint(key: str, prefix: str, names) -> str:
+    """'; did you mean ...?' from the section's keys and the aliases (the paper's names), or the valid keys."""
+    close = [prefix + c for c in difflib.get_close_matches(key, list(names), n=3)]
+    for alias in difflib.get_close_matches(key, list(ALIASES), n=2, cutoff=0.7):
+        target = ALIASES[alias]
+        close.append(f"{alias} (= {' and '.join(target) if isinstance(target, tuple) else target})")
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    return f"; valid keys: {', '.join(prefix + n for n in names)} (aliases: {', '.join(ALIASES)})"
 
 
 def _revalidate(obj):
@@ -284,6 +321,9 @@ def preset_dict(name_or_path: str) -> dict:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; presets: {', '.join(list_presets())}"
         raise TrmError(f"unknown preset '{name_or_path}'{hint}")
     d = _load_yaml(path)
+    if "task" not in d and not d.get("base"):  # else it would silently train the default task
+        raise TrmError(f"{path}: names neither a task (task: {' | '.join(_task_names())}) nor a base preset "
+                       f"(base: sudoku)")
     if d.get("base"):
         base = {k: v for k, v in preset_dict(d["base"]).items() if k != "name"}  # a preset is named after itself
         d = _merge(base, {k: v for k, v in d.items() if k != "base"})
@@ -291,11 +331,22 @@ def preset_dict(name_or_path: str) -> dict:
     return d
 
 
+def _alias(key: str) -> list[str] | None:
+    """The paths an alias stands for, also written with its section (``model.L_cycles``); None if not an alias."""
+    section, _, name = key.rpartition(".")
+    target = ALIASES.get(name)
+    if target is None:
+        return None
+    paths = list(target) if isinstance(target, tuple) else [target]
+    if section and not all(p.startswith(section + ".") for p in paths):
+        return None
+    return paths
+
+
 def _resolve_key(key: str, d: dict) -> list[str]:
     """Map an override key to full dotted paths: aliases and unique section-less names."""
-    if key in ALIASES:
-        target = ALIASES[key]
-        return list(target) if isinstance(target, tuple) else [target]
+    if _alias(key):
+        return _alias(key)
     if "." in key or key in ("task", "name", "description"):
         return [key]
     owners = []
@@ -321,7 +372,7 @@ def parse_overrides(overrides: list[str], d: dict) -> dict:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        if key == "mlp_t":  # the official code's switch for the MLP-mixer core
+        if key.rpartition(".")[2] == "mlp_t":  # the official code's switch for the MLP-mixer core
             value = "mlp_mixer" if _coerce(value, bool, key) else "attention"
         for path in _resolve_key(key.strip(), d):
             node = d
