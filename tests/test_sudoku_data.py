@@ -232,3 +232,19 @@ def test_unknown_source(tmp_path):
         build_sudoku(SudokuDataConfig(source="nonsense"), tmp_path)
     with pytest.raises(TrmError, match="no such CSV"):
         build_sudoku(SudokuDataConfig(source=str(tmp_path / "nope.csv")), tmp_path)
+
+
+@pytest.mark.parametrize("cells, message", [
+    ({2: 5}, r"5 twice in row 1 \(r1c1 and r1c3\)"),             # the first row starts 5 3 .
+    ({54: 5}, r"5 twice in column 1 \(r1c1 and r7c1\)"),        # r7 and box 7 hold no 5
+    ({11: 3}, r"3 twice in box 1 \(r1c2 and r2c3\)"),           # row 2 and column 3 hold no 3
+])
+def test_contradictory_givens_are_a_one_line_error(cells, message):
+    chars = list(PUZZLE)
+    for i, d in cells.items():
+        assert chars[i] == "."                                   # only blanks are filled, so the clash is new
+        chars[i] = str(d)
+    with pytest.raises(TrmError, match="contradictory givens, " + message) as e:
+        parse_puzzle("".join(chars))
+    assert "\n" not in str(e.value)
+    assert len(solve(grid("".join(chars)))[0]) == 0              # indeed unsolvable

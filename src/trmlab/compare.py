@@ -74,17 +74,36 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+# (header, alignment): text left, numbers right; widths come from the content, so long values never shift a column
+_COLUMNS = [("run", "<"), ("model", "<"), ("params", ">"), ("depth", ">"), ("tokens", ">"), ("wall s", ">"),
+            ("tok/s", ">"), ("MFLOP/tok", ">"), ("val loss", ">"), ("ppl", ">"), ("bits/B", ">"), ("bound", ">"),
+            ("gap nats", ">"), ("refine", ">")]
+
+
+def _cells(r: dict) -> list[str]:
+    refine = f"{r['refinement_pct']:.1f}%" if r["n_sup"] > 1 else "-"
+    return [r["run"], r["arch"], f"{r['params']:,}", str(r["depth"]), f"{r['tokens']:,}", f"{r['wall_s']:.0f}",
+            f"{r['tokens_per_s']:.0f}", f"{r['flops_per_token'] / 1e6:.1f}", f"{r['val_loss']:.4f}",
+            f"{r['ppl']:.2f}", f"{r['bits_per_byte']:.3f}", _fmt(r["bound_bits_per_byte"], ".3f"),
+            _fmt(r["gap_nats"], ".3f"), refine]
+
+
 def table(runs: list[dict]) -> str:
-    header = (f"{'run':<18} {'model':<9} {'params':>10} {'depth':>5} {'tokens':>10} {'wall s':>7} {'tok/s':>7} "
-              f"{'MFLOP/tok':>9} {'val loss':>8} {'ppl':>7} {'bits/B':>6} {'bound':>6} {'gap':>6} {'refine':>7}")
-    lines = [header]
-    for r in rows(runs):
-        refine = f"{r['refinement_pct']:.1f}%" if r["n_sup"] > 1 else "-"
-        lines.append(f"{r['run']:<18} {r['arch']:<9} {r['params']:>10,} {r['depth']:>5} {r['tokens']:>10,} "
-                     f"{r['wall_s']:>7.0f} {r['tokens_per_s']:>7.0f} {r['flops_per_token'] / 1e6:>9.1f} "
-                     f"{r['val_loss']:>8.4f} {r['ppl']:>7.2f} {r['bits_per_byte']:>6.3f} "
-                     f"{_fmt(r['bound_bits_per_byte'], '6.3f')} {_fmt(r['gap_nats'], '6.3f')} {refine:>7}")
-    return "\n".join(lines)
+    """One row per run; each row's bits/B sits next to its own run's bound (runs may use different corpora)."""
+    grid = [[name for name, _ in _COLUMNS]] + [_cells(r) for r in rows(runs)]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(_COLUMNS))]
+    return "\n".join(" ".join(f"{cell:{align}{w}}" for cell, (_, align), w in zip(row, _COLUMNS, widths))
+                     for row in grid)
+
+
+def _bounds(runs: list[dict]) -> dict[tuple[float, float], list[str]]:
+    """The distinct corpus entropy bounds (nats/token, bits/byte) and the runs measured against each."""
+    out: dict[tuple[float, float], list[str]] = {}
+    for r in runs:
+        e = r["summary"]["eval"]
+        if e.get("entropy_bound") is not None:
+            out.setdefault((e["entropy_bound"], e["entropy_bound_bits_per_byte"]), []).append(r["name"])
+    return out
 
 
 def verdicts(runs: list[dict]) -> list[str]:
@@ -96,10 +115,11 @@ def verdicts(runs: list[dict]) -> list[str]:
     walls = [r["summary"]["train_time_s"] for r in runs]
     if max(walls) > 1.2 * min(walls):
         notes.append(f"note: wall times differ ({min(walls):.0f}-{max(walls):.0f} s); compare at equal time or tokens")
-    bound = next((r["summary"]["eval"].get("entropy_bound") for r in runs), None)
-    if bound is not None:
-        notes.append(f"corpus entropy bound (val): {bound:.4f} nats/token "
-                     f"= {runs[0]['summary']['eval']['entropy_bound_bits_per_byte']:.4f} bits/byte")
+    bounds = _bounds(runs)
+    for (nats, bits), names in bounds.items():
+        # one shared bound needs no names; different corpora or tokenizers each get their own line
+        whose = f" of {', '.join(names)}" if len(bounds) > 1 else ""
+        notes.append(f"corpus entropy bound (val){whose}: {nats:.4f} nats/token = {_fmt(bits, '.4f')} bits/byte")
     baselines = [r for r in runs if r["cfg"].model.arch == "gpt"]
     base = min(baselines, key=lambda r: r["summary"]["eval"]["val_loss"]) if baselines else None
     for r in runs:
@@ -121,15 +141,20 @@ def plot(runs: list[dict], out: str | Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {}
     for r in runs:
         steps, losses = zip(*r["history"])
         tokens = [s * tokens_per_step(r["cfg"]) for s in steps]
-        axes[0].plot(tokens, losses, marker=".", label=r["name"])
-        axes[1].plot([t * r["flops"] for t in tokens], losses, marker=".", label=r["name"])
-    bound = runs[0]["summary"]["eval"].get("entropy_bound")
+        (line,) = axes[0].plot(tokens, losses, marker=".", label=r["name"])
+        axes[1].plot([t * r["flops"] for t in tokens], losses, marker=".", label=r["name"], color=line.get_color())
+        colors[r["name"]] = line.get_color()
+    bounds = _bounds(runs)
     for ax, xlabel in zip(axes, ("training tokens", "training FLOPs")):
-        if bound is not None:
-            ax.axhline(bound, color="gray", linestyle="--", label="entropy bound")
+        for (nats, _), names in bounds.items():
+            # a shared bound in gray; otherwise each in the colour of the (first) run it belongs to
+            shared = len(bounds) == 1
+            ax.axhline(nats, color="gray" if shared else colors[names[0]], linestyle="--",
+                       label="entropy bound" if shared else f"entropy bound ({', '.join(names)})")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)

@@ -345,7 +345,33 @@ def parse_puzzle(text: str) -> np.ndarray:
             raise TrmError(f"puzzle: bad character {ch!r} at position {pos} (expected '.', '0'-'9')")
     if len(digits) != 81:
         raise TrmError(f"puzzle: found {len(digits)} cells, expected 81")
-    return np.array(digits, dtype=np.int8)
+    grid = np.array(digits, dtype=np.int8)
+    clash = givens_conflict(grid)
+    if clash:   # no grid satisfies these givens, so any "solution" the model prints would be meaningless
+        raise TrmError(f"puzzle: contradictory givens, {clash}; it has no solution")
+    return grid
+
+
+# the 27 units a digit may appear in only once, named as a user counts them (1-based, boxes left to right)
+_UNITS = ([(f"row {r + 1}", [9 * r + c for c in range(9)]) for r in range(9)]
+          + [(f"column {c + 1}", [9 * r + c for r in range(9)]) for c in range(9)]
+          + [(f"box {b + 1}", [9 * (3 * (b // 3) + r) + 3 * (b % 3) + c for r in range(3) for c in range(3)])
+             for b in range(9)])
+
+
+def givens_conflict(grid) -> str | None:
+    """The first digit given twice in a row, column or box, e.g. '5 twice in row 1 (r1c1 and r1c5)'; None if the
+    givens obey the rules."""
+    g = _check_grid(grid)
+    for unit, cells in _UNITS:
+        seen: dict[int, int] = {}
+        for i in (i for i in cells if g[i]):
+            d = int(g[i])
+            if d in seen:
+                j = seen[d]
+                return f"{d} twice in {unit} (r{j // 9 + 1}c{j % 9 + 1} and r{i // 9 + 1}c{i % 9 + 1})"
+            seen[d] = i
+    return None
 
 
 def format_grid(grid) -> str:

@@ -23,7 +23,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -138,7 +140,28 @@ def _grpo_args(rl: RLConfig, run_dir: Path, max_len: int):
         num_generations=rl.num_generations, max_completion_length=max_len, max_steps=rl.steps,
         learning_rate=rl.lr, lr_scheduler_type="constant", warmup_steps=0, beta=rl.beta, temperature=rl.temperature,
         top_k=0, top_p=1.0, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=rl.seed,
-        data_seed=rl.seed, disable_tqdm=True, bf16=False, scale_rewards="group")
+        data_seed=rl.seed, disable_tqdm=True, bf16=False, scale_rewards="group",
+        **checkpointing_args(True))   # TRL's default, set explicitly so it is named the non-deprecated way
+
+
+def checkpointing_args(on: bool) -> dict:
+    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` and the old name now warns
+    (TRL's configs set it by default); releases before the rename only know the old name."""
+    from trl import GRPOConfig
+    new = any(f.name == "activation_checkpointing" for f in fields(GRPOConfig))
+    return {"activation_checkpointing" if new else "gradient_checkpointing": on}
+
+
+# TRL's generation step still calls transformers' deprecated gradient_checkpointing* model methods; not ours to fix
+_TRL_CHECKPOINTING_DEPRECATION = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
+
+
+@contextmanager
+def trl_deprecations_silenced():
+    """Hides only the FutureWarnings that TRL triggers inside transformers; every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TRL_CHECKPOINTING_DEPRECATION, category=FutureWarning)
+        yield
 
 
 def _evaluator(model, tokenizer, prompts: list[str], answers: list[str], checker, rl: RLConfig, max_len: int,
@@ -253,7 +276,8 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     log(f"GRPO ({rl.mode}): {rl.steps} steps x {rl.prompts_per_step} prompts x G={rl.num_generations}, "
         f"beta {rl.beta}, lr {rl.lr}, seed {rl.seed} -> {run_dir}")
     t0 = time.perf_counter()
-    trainer.train()
+    with trl_deprecations_silenced():
+        trainer.train()
     train_time = time.perf_counter() - t0
     trainer.model.save_pretrained(run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
