@@ -144,3 +144,26 @@ def test_adamw_is_fused_where_pytorch_has_the_kernel():
     from trmlab.train.optim import adamw
     p = torch.nn.Parameter(torch.randn(4, 4))
     assert adamw([{"params": [p]}], (0.9, 0.95)).defaults["fused"]
+
+
+def test_epochs_set_steps_as_the_paper_counts_them(tmp_path, data_root, tiny_overrides):
+    # Sudoku: one augmented view of each of the 64 base puzzles per epoch, whatever the number of views
+    cfg = load_config("sudoku", tiny_overrides + ["train.epochs=0.5", "train.steps=999", "data.num_aug=3"])
+    summary = train(cfg, tmp_path / "run", data_root=data_root, quiet=True)
+    assert summary["steps"] == int(0.5 * 64 / 8)
+    assert load_config(str(tmp_path / "run")).train.steps == summary["steps"]  # the saved config says so too
+
+
+def test_epoch_examples_count_an_arc_view_by_its_demo_pairs():
+    import numpy as np
+
+    from trmlab.data.puzzles import PuzzleSplit
+    from trmlab.tasks.puzzle import PuzzleData, PuzzleTask
+    ids = np.array([1, 1, 2, 2, 3, 3, 3, 3])      # 3 views (puzzle ids) of 2 tasks: 8 demo pairs
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    rows = np.zeros((8, 4), dtype=np.uint8)
+    split = PuzzleSplit(rows, rows, ids.astype(np.int32), groups.astype(np.int32))
+    data = PuzzleData(None, {"train": split}, {"num_puzzle_ids": 4})
+    assert PuzzleTask().epoch_examples(data) == pytest.approx(2 * 8 / 3)  # tasks x mean pairs per view
+    data.meta["num_puzzle_ids"] = 1                                         # no ids: every row is its own view
+    assert PuzzleTask().epoch_examples(data) == pytest.approx(2)

@@ -106,6 +106,8 @@ class TrainConfig:
     """Optimisation, deep supervision, evaluation and bookkeeping."""
 
     steps: int = 1000                # optimizer steps
+    epochs: float = 0.0              # > 0: steps = epochs x examples per epoch / batch_size, counted as the paper
+                                     # does (one view of each base puzzle per epoch); replaces train.steps
     time_budget_s: float = 0.0       # > 0: also stop after this many seconds of training
     batch_size: int = 64             # global batch
     grad_accum: int = 1
@@ -153,7 +155,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise TrmError("train.steps must be >= 0 and train.batch_size, train.grad_accum >= 1")
-        for name in ("time_budget_s", "lr", "embedding_lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
+        for name in ("epochs", "time_budget_s", "lr", "embedding_lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
                      "warmup_steps", "grad_clip", "halt_loss_weight", "improvement_reward_scale", "curriculum_steps",
                      "eval_interval", "eval_samples", "ckpt_interval", "threads"):
             if getattr(self, name) < 0:

@@ -66,6 +66,8 @@ class Trainer:
         self.task = get_task(cfg.task)
         with distributed.main_first(self.dist):  # rank 0 builds the dataset cache, the others then read it
             self.data = self.task.prepare(cfg, data_root)
+        if cfg.train.epochs:
+            self._steps_from_epochs()
         self.sampler = self.task.sampler(self.data, cfg.train.seed)
         self.model = self.task.build_model(cfg).to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -83,6 +85,16 @@ class Trainer:
             self._restore(latest_checkpoint(self.run_dir))
         elif self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
+
+    def _steps_from_epochs(self):
+        """train.epochs -> train.steps (the paper's total_steps = epochs x examples per epoch / global batch)."""
+        t = self.cfg.train
+        if not hasattr(self.task, "epoch_examples"):
+            raise TrmError(f"train.epochs is not defined for task '{self.cfg.task}'; set train.steps instead")
+        examples = self.task.epoch_examples(self.data)
+        t.steps = max(1, int(t.epochs * examples / t.batch_size))
+        self.log_line(f"train.epochs={t.epochs:g} x {examples:,.0f} examples / batch {t.batch_size} "
+                      f"-> train.steps={t.steps:,}")
 
     # ------------------------------------------------------------------ run directory and logging
     def _prepare_run_dir(self, resume: bool, overwrite: bool):
