@@ -276,3 +276,142 @@ def test_flops_per_token_counts_the_recursion(runs):
     gpt, gcfg = load(out / "gpt")
     # same blocks and head; the recursive LM runs 3 steps x (2 no-grad + 2x3 backprop'd core calls) + 3 heads
     assert flops_per_token(rec, cfg) > 5 * flops_per_token(gpt, gcfg)
+
+
+def _widened(run: dict, name: str, **eval_changes) -> dict:
+    """A copy of a loaded run with a new name, big numbers (wider than the table's old fixed widths) and eval edits."""
+    s = run["summary"]
+    summary = {**s, "params": 1_234_567_890, "train_time_s": 12_345_678.0, "eval": {**s["eval"], **eval_changes}}
+    return {**run, "name": name, "summary": summary}
+
+
+def test_compare_table_columns_line_up_whatever_the_widths(runs):
+    import re
+
+    from trmlab.compare import load_run, table
+    out, _ = runs
+    short = load_run(out / "rec")
+    wide = _widened(load_run(out / "gpt"), "a-run-name-much-longer-than-eighteen", ppl=123456.78,
+                    entropy_bound_bits_per_byte=None, gap_to_bound=None)
+    header, *body = table([short, wide]).splitlines()
+    cells = [[m.span() for m in re.finditer(r"\S+", line)] for line in body]   # values hold no spaces
+    assert len(cells[0]) == len(cells[1]) == 14
+    assert [c[0] for c in cells[0][:2]] == [c[0] for c in cells[1][:2]]       # text columns: same starts
+    assert [c[1] for c in cells[0][2:]] == [c[1] for c in cells[1][2:]]       # number columns: same ends
+    for _, end in cells[0][2:]:                                                # ... and the header's labels end there
+        assert header[end - 1] != " " and (end == len(header) or header[end] == " ")
+
+
+def test_compare_shows_each_run_against_its_own_entropy_bound(runs):
+    from trmlab.compare import load_run, verdicts
+    out, _ = runs
+    rec, gpt = load_run(out / "rec"), load_run(out / "gpt")
+    shared = [n for n in verdicts([rec, gpt]) if n.startswith("corpus entropy bound")]
+    assert len(shared) == 1 and f"{rec['summary']['eval']['entropy_bound']:.4f}" in shared[0]
+    other = _widened(gpt, "other-corpus", entropy_bound=9.8765, entropy_bound_bits_per_byte=4.321)
+    lines = [n for n in verdicts([rec, other]) if n.startswith("corpus entropy bound")]
+    assert len(lines) == 2
+    assert "of rec:" in lines[0] and f"{rec['summary']['eval']['entropy_bound']:.4f}" in lines[0]
+    assert "of other-corpus:" in lines[1] and "9.8765" in lines[1] and "4.3210 bits/byte" in lines[1]
+
+
+# --- a run stands alone; generate and info refuse or report honestly ----------------------------------------------
+
+def _generate_json(capsys, path, *extra):
+    rc = main(["generate", str(path), "--json", "--max-new-tokens", "6", "--no-stop", "--threads", "1", *extra])
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if rc == 0 else None), err.strip()
+
+
+def test_run_generates_without_its_data_directory(runs, data_root, capsys, tmp_path):
+    import shutil
+    out, _ = runs
+    data_tok = next(data_root.glob("text-*/tokenizer.json")).read_bytes()
+    for name in ("rec", "gpt"):
+        assert (out / name / "tokenizer.json").read_bytes() == data_tok       # copied at training
+    assert not (out / "rec" / "best" / "tokenizer.json").exists()           # best/ and checkpoints use the run's
+    moved = tmp_path / "elsewhere" / "rec"                                    # "another machine": no data dir
+    shutil.copytree(out / "rec", moved)
+    gone = ["--data-root", str(tmp_path / "no-data")]
+    step = next((moved / "checkpoints").glob("step_*"))
+    for path in (moved, moved / "best", step, next((moved / "best" / "checkpoints").glob("step_*"))):
+        rc, result, err = _generate_json(capsys, path, *gone)
+        assert rc == 0, err
+        assert result["new_tokens"] == 6 and result["text"]
+    # without the run's copies it needs the data directory again: a one-line error, then the fallback works
+    (moved / "tokenizer.json").unlink()
+    rc, _, err = _generate_json(capsys, moved, *gone)
+    assert rc == 2 and "tokenizer not found" in err and "\n" not in err
+    rc, result, _ = _generate_json(capsys, moved, "--data-root", str(data_root))
+    assert rc == 0 and result["new_tokens"] == 6
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps", "cuda:0"])
+def test_generate_on_a_missing_device_is_a_one_line_error(runs, capsys, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)            # the same on a GPU machine
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    out, _ = runs
+    rc, _, err = _generate_json(capsys, out / "gpt", "--device", device)
+    assert rc == 2 and err.startswith("trm: error:") and f"'{device}' is not available" in err and "\n" not in err
+    rc, _, err = _generate_json(capsys, out / "gpt", "--device", "tpu9")
+    assert rc == 2 and "not a device" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flag,value", [("--top-p", "0"), ("--top-p", "1.5"), ("--top-p", "nan"),
+                                        ("--temperature", "-1"), ("--temperature", "inf"), ("--top-k", "-1"),
+                                        ("--n-sup", "0"), ("--max-new-tokens", "-1"), ("--threads", "-2")])
+def test_generate_refuses_bad_sampling_options_naming_the_flag(runs, capsys, flag, value):
+    out, _ = runs
+    rc, _, err = _generate_json(capsys, out / "rec", flag, value)
+    assert rc == 2 and err.startswith(f"trm: error: {flag} must") and "\n" not in err
+
+
+def test_generate_accepts_the_edges_of_the_sampling_options(runs, capsys):
+    out, _ = runs
+    rc, result, err = _generate_json(capsys, out / "rec", "--top-p", "1", "--top-k", "0", "--temperature", "0",
+                                     "--n-sup", "1")
+    assert rc == 0 and result["n_sup_inference"] == 1 and result["steps_per_token"] == 1, err
+    rc = main(["generate", str(out / "rec"), "--json", "--max-new-tokens", "0", "--prompt", "A story"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["new_tokens"] == 0 and result["text"] == "A story"
+    model, _ = tiny_model()
+    with pytest.raises(TrmError, match="top-p"):                             # the library call checks too
+        generate_ids(model, [0, 1], 3, top_p=0.0)
+
+
+def _info(capsys, *args) -> str:
+    assert main(["info", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_info_counts_lm_params_with_the_real_vocab_and_without_embeddings(runs, capsys, tmp_path):
+    # 200 documents cannot fill a 2048-token BPE: the trained tokenizer is smaller than configured
+    small = ["data.n_docs=200", "data.val_fraction=0.1"]
+    meta = json.loads((build_text(TextDataConfig(n_docs=200, val_fraction=0.1), out_root=tmp_path)
+                       / "metadata.json").read_text())
+    real = -(-meta["vocab_size"] // 64) * 64
+    assert real < 2048
+
+    def counts(*overrides):
+        model = build_model(load_config("lm-tiny", small + list(overrides)))
+        total = sum(p.numel() for p in model.parameters())
+        embed = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("embed.", "head.")))
+        return total, total - embed
+
+    text = _info(capsys, "lm-tiny", *small, "--data-root", str(tmp_path))
+    total, non_embed = counts(f"model.vocab_size={real}")
+    assert f"params {total:,}" in text and f"non-embedding {non_embed:,}" in text and f"vocab {real}" in text
+    assert "puzzle" not in text
+    text = _info(capsys, "lm-tiny", *small, "--data-root", str(tmp_path / "none"))   # not built: configured size
+    assert f"params {counts('model.vocab_size=2048')[0]:,}" in text and "may be smaller" in text
+    out, _ = runs
+    model, cfg = load(out / "gpt")                                            # a run: the size it was trained with
+    text = _info(capsys, str(out / "gpt"))
+    assert f"params {sum(p.numel() for p in model.parameters()):,}" in text
+    assert f"vocab {cfg.model.vocab_size} as trained" in text
+
+
+def test_info_shows_the_puzzle_table_only_when_there_is_one(capsys):
+    assert "without puzzle-embedding table" in _info(capsys, "sudoku", "model.num_puzzle_ids=10",
+                                                     "model.puzzle_emb_len=2")
+    assert "puzzle" not in _info(capsys, "sudoku", "model.num_puzzle_ids=0")

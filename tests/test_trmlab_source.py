@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -171,9 +172,11 @@ def test_bad_runs_are_one_line_errors_that_write_nothing(lm_runs, tmp_path, caps
     (sudoku / "model.safetensors").write_bytes(b"")
     (sudoku / "state.json").write_text(json.dumps({"step": 1, "config": load_config("sudoku").to_dict()}))
     _one_line_error(capsys, _tiny_args(tmp_path, root, "sudoku", out), "'sudoku' run", "task lm")
-    # the tokenizer cannot be found
-    _one_line_error(capsys, _tiny_args(runs, tmp_path / "nodata", "gpt", out), "cannot find the tokenizer",
-                    "--data_root")
+    # the tokenizer cannot be found: neither in the run (a copy without it) nor under the data root
+    shutil.copytree(runs / "gpt", tmp_path / "runs" / "gpt")
+    (tmp_path / "runs" / "gpt" / "tokenizer.json").unlink()
+    _one_line_error(capsys, _tiny_args(tmp_path / "runs", tmp_path / "nodata", "gpt", out),
+                    "cannot find the tokenizer", "--data_root")
     _one_line_error(capsys, _tiny_args(runs, root, "gpt", out, "--tokenizer", str(tmp_path / "x.json")),
                     "does not exist")
     # layer out of range, D' wider than the model

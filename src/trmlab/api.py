@@ -1,9 +1,9 @@
 """The short path from Python: build a model, train a preset, load a checkpoint, solve a puzzle.
 
-    import trmlab
-    cfg = trmlab.config("sudoku", "train.steps=200")
-    summary = trmlab.train(cfg, "runs/my-sudoku")
-    model, cfg = trmlab.load("runs/my-sudoku")
+    import trmlab.api as trm
+    cfg = trm.config("sudoku", "train.steps=200")
+    summary = trm.train(cfg, "runs/my-sudoku")
+    model, cfg = trm.load("runs/my-sudoku")
     answer, steps = model.predict(batch)
 """
 

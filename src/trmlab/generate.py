@@ -15,6 +15,7 @@ Every document in training starts with <|endoftext|>, so the prompt is prefixed 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,40 @@ from trmlab.nn.attention import KVCache
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device to generate on: ``auto`` takes the best one present; a named one must be present."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrmError(f"--device {name!r} is not a device; use auto, cpu, cuda or mps") from None
+    # torch only notices a missing backend at the first tensor it puts there, with a traceback: ask first
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not present.get(device.type, False):
+        raise TrmError(f"device {name!r} is not available here; use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TrmError(f"device {name!r} is not available here: {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, n_sup: int | None = None,
+                   max_new_tokens: int = 0) -> None:
+    """One-line errors for settings that would crash the sampler (top_p 0) or be quietly meaningless."""
+    # written as "not (ok)" so that NaN, which fails every comparison, is refused too
+    if not (0 <= temperature < math.inf):
+        raise TrmError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if not (0 < top_p <= 1):
+        raise TrmError(f"--top-p must be in (0, 1] (1 = off), got {top_p}")
+    if top_k < 0:
+        raise TrmError(f"--top-k must be >= 0 (0 = off), got {top_k}")
+    if n_sup is not None and n_sup < 1:
+        raise TrmError(f"--n-sup must be >= 1 (leave it out for model.n_sup_inference), got {n_sup}")
+    if max_new_tokens < 0:
+        raise TrmError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -80,6 +108,7 @@ def generate_ids(model, prompt: list[int], max_new_tokens: int, temperature: flo
                  top_p: float = 1.0, seed: int = 0, use_cache: bool = True, n_sup: int | None = None,
                  halt: bool = False, stop_id: int | None = None, device: torch.device | str = "cpu") -> Generation:
     """Autoregressive sampling from ``model.decode`` (GPT or RecursiveLM); ``halt`` implies no cache."""
+    check_sampling(temperature, top_k, top_p, n_sup, max_new_tokens)
     if not prompt:
         raise TrmError("generation needs at least one prompt token")
     use_cache = use_cache and not halt
@@ -112,14 +141,18 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return rss(device), "peak process RSS"
 
 
-def find_tokenizer(cfg, tokenizer: str = "", data_root: str = "data"):
-    """The tokenizer the run was trained with: --tokenizer, else the one in its built data directory."""
+def find_tokenizer(cfg, tokenizer: str = "", data_root: str = "data", checkpoint: str | Path = ""):
+    """The tokenizer the run was trained with: --tokenizer, else the run's own copy, else its data directory's."""
     from trmlab.data.text import text_dir_name
     from trmlab.data.tokenizer import load_tokenizer
-    path = Path(tokenizer) if tokenizer else Path(data_root) / text_dir_name(cfg.data) / "tokenizer.json"
+    from trmlab.tasks.lm import TOKENIZER_FILE, run_tokenizer
+    if tokenizer and not Path(tokenizer).is_file():
+        raise TrmError(f"--tokenizer {tokenizer}: no such file")
+    path = Path(tokenizer) if tokenizer else run_tokenizer(checkpoint) if checkpoint else None
+    path = path or Path(data_root) / text_dir_name(cfg.data) / TOKENIZER_FILE
     if not path.is_file():
-        raise TrmError(f"tokenizer not found at {path}: pass --data-root (where the run's data was built) "
-                       f"or --tokenizer PATH/tokenizer.json")
+        raise TrmError(f"tokenizer not found in the run or at {path}: pass --data-root (where the run's data was "
+                       f"built) or --tokenizer PATH/tokenizer.json")
     tok = load_tokenizer(path)
     if tok.vocab_size > cfg.model.vocab_size:
         raise TrmError(f"{path} has {tok.vocab_size} tokens but the model's embedding has {cfg.model.vocab_size}: "
@@ -137,30 +170,32 @@ def generate_arguments(p):
     p.add_argument("--top-k", type=int, default=50, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-sup", type=int, default=0, help="recursive LM: supervision steps per token "
-                                                        "(default: model.n_sup_inference)")
+    p.add_argument("--n-sup", type=int, default=None, help="recursive LM: supervision steps per token "
+                                                           "(default: model.n_sup_inference)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 is faster "
                                                           "on a shared machine)")
-    p.add_argument("--data-root", default="data", help="where the run's token shards and tokenizer were built")
-    p.add_argument("--tokenizer", default="", help="a tokenizer.json (default: the run's)")
+    p.add_argument("--data-root", default="data", help="where the run's data was built (for runs without their "
+                                                        "own tokenizer.json)")
+    p.add_argument("--tokenizer", default="", help="a tokenizer.json (default: the run's copy, else its data's)")
     p.add_argument("--no-stop", action="store_true", help="keep going past <|endoftext|>")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def generate(args):
     from trmlab.api import load
+    check_sampling(args.temperature, args.top_k, args.top_p, args.n_sup, args.max_new_tokens)   # before loading
+    if args.threads < 0:
+        raise TrmError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model, cfg = load(args.checkpoint, use_ema=not args.no_ema, device=str(device))
     if cfg.task != "lm":
         raise TrmError(f"{args.checkpoint} is a '{cfg.task}' model; generate needs a language model (task lm)")
-    if args.max_new_tokens < 1:
-        raise TrmError("--max-new-tokens must be >= 1")
-    tok = find_tokenizer(cfg, args.tokenizer, args.data_root)
+    tok = find_tokenizer(cfg, args.tokenizer, args.data_root, args.checkpoint)
     prompt = [tok.eot_id] + tok.encode(args.prompt)
     if len(prompt) + args.max_new_tokens > cfg.model.seq_len:
         raise TrmError(f"prompt ({len(prompt)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "

@@ -153,8 +153,8 @@ def model_summary(model: nn.Module, cfg) -> str:
     m = cfg.model
     if m.arch == "gpt":
         return f"params {c['params']:,} | plain GPT, no recursion: effective depth {m.effective_depth} = n_layer"
-    return (f"params {c['params']:,} (without puzzle-embedding table {c['params_without_puzzle_emb']:,}) | "
-            f"n_layer {m.n_layer} x (n_loops {m.n_loops} + 1) x T_recursion {m.T_recursion} x "
+    table = f" (without puzzle-embedding table {c['params_without_puzzle_emb']:,})" if c["puzzle_emb_params"] else ""
+    return (f"params {c['params']:,}{table} | n_layer {m.n_layer} x (n_loops {m.n_loops} + 1) x T_recursion {m.T_recursion} x "
             f"n_sup {m.n_sup_train} = effective depth {m.effective_depth}")
 
 

@@ -9,7 +9,9 @@ reward can make the first step worse on purpose, so refinement alone says nothin
 from __future__ import annotations
 
 import math
+import os
 import resource
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from trmlab.train.losses import halt_loss, prediction_stats, token_losses
 
 DEFAULT_SEQ_LEN = 256
 NO_IGNORE = -1          # every position is a real next token: nothing is masked out of the loss
+TOKENIZER_FILE = "tokenizer.json"   # in the data directory, and copied into every run trained on it
+EMBEDDING_PREFIXES = ("embed.", "head.", "wte.", "lm_head.")   # recursive LM and GPT: embedding and LM head
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -38,6 +42,44 @@ class LMData:
     meta: dict
     seq_len: int                                # the context: training windows are seq_len tokens
     splits: tuple = ("train", "val", "test")   # "test" is the held-out val split (``trm eval``'s default)
+
+
+def non_embedding_params(model) -> int:
+    """Parameters outside the token embedding and LM head: the size scaling laws compare (Kaplan et al.)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(EMBEDDING_PREFIXES))
+
+
+def built_vocab(cfg, data_root: str | Path) -> tuple[int, Path] | None:
+    """(tokenizer size, its file) when ``cfg``'s data is already built under ``data_root``, else None."""
+    from trmlab.data.text import load_text_meta, text_dir_name
+    path = Path(data_root) / text_dir_name(cfg.data)
+    try:
+        return load_text_meta(path)["vocab_size"], path / TOKENIZER_FILE
+    except TrmError:   # not built (or half-built): only the configured size is known
+        return None
+
+
+def save_run_tokenizer(data_dir: Path, run_dir: Path) -> None:
+    """Copy the data's tokenizer into the run, so `trm generate` needs no data directory (a checkpoint or
+    <run>/best finds it in its run). Written under a temporary name and renamed: a reader never sees half a file."""
+    src, dst = Path(data_dir) / TOKENIZER_FILE, Path(run_dir) / TOKENIZER_FILE
+    if dst.exists() or not src.is_file():
+        return
+    tmp = dst.with_name(f".{TOKENIZER_FILE}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def run_tokenizer(checkpoint: str | Path) -> Path | None:
+    """The tokenizer saved with a run, for any path ``trm generate`` accepts: <run>, <run>/best, or a
+    checkpoint <run>[/best]/checkpoints/step_N (whose run directory holds it). None if there is none."""
+    path = Path(checkpoint)
+    dirs = [path]
+    if path.parent.name == "checkpoints":
+        dirs.append(path.parent.parent)
+    if dirs[-1].name == "best":   # best/ lives inside its run, which trained with the same tokenizer
+        dirs.append(dirs[-1].parent)
+    return next((d / TOKENIZER_FILE for d in dirs if (d / TOKENIZER_FILE).is_file()), None)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -129,6 +171,10 @@ class LMTask:
         return loss, correct, {"token_loss": tok.detach(), "token_acc": acc}
 
     @torch.no_grad()
+    def save_run_files(self, data: LMData, run_dir: Path):
+        """Called by the trainer when a run starts: the run keeps its own tokenizer."""
+        save_run_tokenizer(data.path, run_dir)
+
     def evaluate(self, model, data: LMData, cfg, device, split: str = "val", max_samples: int = 0) -> dict:
         """Val loss after every supervision step (all n_sup_inference steps run), ppl, bits/byte, refinement."""
         split = "val" if split == "test" else split

@@ -85,6 +85,8 @@ class Trainer:
             self._restore(latest_checkpoint(self.run_dir))
         elif self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
+        if self.dist.is_main and hasattr(self.task, "save_run_files"):  # files a run needs beside its weights (LM:
+            self.task.save_run_files(self.data, self.run_dir)             # the tokenizer, for `trm generate`)
 
     def _steps_from_epochs(self):
         """train.epochs -> train.steps (the paper's total_steps = epochs x examples per epoch / global batch)."""
