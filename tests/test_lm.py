@@ -346,6 +346,18 @@ def test_run_generates_without_its_data_directory(runs, data_root, capsys, tmp_p
     assert rc == 0 and result["new_tokens"] == 6
 
 
+def test_run_with_its_own_tokenizer_file_generates_after_that_file_is_gone(data_root, capsys, tmp_path):
+    import shutil
+    mine = tmp_path / "my-tokenizer.json"          # a user's tokenizer: data.tokenizer=PATH
+    shutil.copyfile(next(data_root.glob("text-*/tokenizer.json")), mine)
+    cfg = load_config("lm-tiny", RUN + [f"data.tokenizer={mine}", "train.steps=2", "train.eval_interval=0"])
+    Trainer(cfg, tmp_path / "run", data_root=tmp_path / "data", quiet=True).fit()
+    mine.unlink()
+    shutil.rmtree(tmp_path / "data")
+    rc, result, err = _generate_json(capsys, tmp_path / "run")
+    assert rc == 0 and result["new_tokens"] == 6, err
+
+
 @pytest.mark.parametrize("device", ["cuda", "mps", "cuda:0"])
 def test_generate_on_a_missing_device_is_a_one_line_error(runs, capsys, monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)            # the same on a GPU machine

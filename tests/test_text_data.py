@@ -236,6 +236,8 @@ def test_build_errors(tmp_path):
     bad.write_text('{"version": "1.0", "model": 3}')
     with pytest.raises(TrmError, match="tokenizer.json"):
         build_text(TextDataConfig(n_docs=20, tokenizer=str(bad)), tmp_path / "d")
+    with pytest.raises(TrmError, match="data.tokenizer: .*missing.json is not an existing tokenizer.json"):
+        build_text(TextDataConfig(n_docs=20, tokenizer=str(tmp_path / "missing.json")), tmp_path / "d")
     one = tmp_path / "one.txt"
     one.write_text("a single document")
     with pytest.raises(TrmError, match="at least 2 documents"):

@@ -74,8 +74,8 @@ class TextDataConfig:
             bad("seed", "must be an integer")
         if self.txt_docs not in ("file", "paragraph"):
             bad("txt_docs", "must be 'file' or 'paragraph'")
-        if self.tokenizer and not Path(self.tokenizer).expanduser().is_file():
-            bad("tokenizer", "is not an existing tokenizer.json")
+        # data.tokenizer is checked when the data is built (text_dir_name), not here: a finished run keeps its own
+        # copy and must load on a machine that lacks the original file
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -98,7 +98,10 @@ def text_dir_name(cfg: TextDataConfig) -> str:
     if cfg.source != "synthetic" and src.exists():
         key["source_files"] = _file_signature(src)
     if cfg.tokenizer:
-        key["tokenizer"] = hashlib.sha1(Path(cfg.tokenizer).expanduser().read_bytes()).hexdigest()
+        tok = Path(cfg.tokenizer).expanduser()
+        if not tok.is_file():
+            raise TrmError(f"data.tokenizer: {cfg.tokenizer} is not an existing tokenizer.json")
+        key["tokenizer"] = hashlib.sha1(tok.read_bytes()).hexdigest()
     return "text-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 

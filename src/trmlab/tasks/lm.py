@@ -170,11 +170,11 @@ class LMTask:
             loss = loss + cfg.train.halt_loss_weight * halt_loss(out.q_logit, acc)
         return loss, correct, {"token_loss": tok.detach(), "token_acc": acc}
 
-    @torch.no_grad()
     def save_run_files(self, data: LMData, run_dir: Path):
         """Called by the trainer when a run starts: the run keeps its own tokenizer."""
         save_run_tokenizer(data.path, run_dir)
 
+    @torch.no_grad()
     def evaluate(self, model, data: LMData, cfg, device, split: str = "val", max_samples: int = 0) -> dict:
         """Val loss after every supervision step (all n_sup_inference steps run), ppl, bits/byte, refinement."""
         split = "val" if split == "test" else split
