@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from trmlab.data.puzzles import PuzzleSplit
 from trmlab.recursion import HaltTracker
@@ -46,7 +47,9 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
     preds, halted_preds, qs, steps_used, halted_exact = [], [], [], [], 0
     was_training = model.training
     model.eval()
-    for start in range(0, n, batch_size):
+    # a bar only on a terminal (disable=None): a full ARC test split is 10^5 puzzles x n_sup steps
+    for start in tqdm(range(0, n, batch_size), desc=f"eval ({n:,} puzzles x {n_sup} steps)", unit="batch",
+                      leave=False, disable=None):
         idx = np.arange(start, min(start + batch_size, n))
         batch = {"inputs": torch.from_numpy(split.inputs[idx].astype(np.int64)).to(device),
                  "puzzle_ids": torch.from_numpy(split.puzzle_ids[idx].astype(np.int64)).to(device)}
