@@ -66,8 +66,42 @@ def test_existing_run_directory_is_refused(tmp_path, data_root, tiny_overrides):
 def test_resume_with_a_different_model_is_refused(tmp_path, data_root, tiny_overrides):
     train(load_config("sudoku", tiny_overrides + ["train.steps=1"]), tmp_path / "r", data_root=data_root, quiet=True)
     other = load_config("sudoku", tiny_overrides + ["train.steps=2", "model.n_loops=1"])
-    with pytest.raises(TrmError, match="model config differs"):
+    with pytest.raises(TrmError, match=r"model.n_loops is 2 in the run, 1 given.*trm train .* --resume"):
         Trainer(other, tmp_path / "r", data_root=data_root, quiet=True, resume=True)
+
+
+def test_ctrl_c_saves_after_the_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, data_root,
+                                                                                     tiny_overrides):
+    import os
+    import signal
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=5"])   # no ckpt_interval: only the final save
+    train(cfg, tmp_path / "full", data_root=data_root, quiet=True)
+    trainer = Trainer(cfg, tmp_path / "cut", data_root=data_root, quiet=True)
+    step = trainer.train_step
+
+    def step_then_ctrl_c():   # Ctrl-C arrives while step 2 is still running
+        record = step()
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return record
+    trainer.train_step = step_then_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "cut").state["step"] == 2 and not (tmp_path / "cut" / "summary.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+    train(cfg, tmp_path / "cut", data_root=data_root, quiet=True, resume=True)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_a_checkpoint_starts_over_without_duplicate_records(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=2"])
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')  # killed, no ckpt
+    train(cfg, run, data_root=data_root, quiet=True, resume=True)
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if "eval" not in l]
+    assert steps == [1, 2] and 9.0 not in [json.loads(l).get("loss") for l in (run / "metrics.jsonl").open()]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data_root, tiny_overrides):

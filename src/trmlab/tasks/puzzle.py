@@ -88,13 +88,16 @@ class PuzzleTask:
                 raise TrmError(f"model.{key}={have} does not fit the dataset at {path} ({key}={want})")
         return PuzzleData(Path(path), splits, meta)
 
+    def base_puzzles(self, data: PuzzleData) -> int:
+        """How many distinct puzzles the training views were made from (Sudoku, Maze: one group per puzzle)."""
+        return len(np.unique(data.splits["train"].group_ids))
+
     def epoch_examples(self, data: PuzzleData) -> float:
         """Training examples in one epoch as the paper counts them: one augmented view of every base puzzle per
         epoch, times the examples a view has (1 for Sudoku and Maze; an ARC view holds its task's demo pairs)."""
         train = data.splits["train"]
-        groups = len(np.unique(train.group_ids))
         views = len(np.unique(train.puzzle_ids)) if int(data.meta["num_puzzle_ids"]) > 1 else len(train)
-        return groups * len(train) / views
+        return self.base_puzzles(data) * len(train) / views
 
     def build_model(self, cfg):
         from trmlab.models.puzzle import build_puzzle_model

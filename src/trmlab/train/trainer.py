@@ -16,7 +16,10 @@ import inspect
 import json
 import os
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -79,12 +82,18 @@ class Trainer:
         self.step, self.carry, self.train_time = 0, None, 0.0
         self.nonfinite = 0
         self.best_metric = None  # train.keep_best: the best task metric seen at an evaluation so far
+        self.last_eval = None    # the metrics of the latest evaluation in this process
+        self.interrupted = False  # Ctrl-C seen: stop after this step and save
         self.history: list[dict] = []
         self.tracker = make_logger(cfg, self.run_dir, self.dist.is_main)  # wandb/tensorboard, or a no-op
         if resume and latest_checkpoint(self.run_dir) is not None:
             self._restore(latest_checkpoint(self.run_dir))
-        elif self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+        else:
+            if resume and (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
+                self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
+                self._truncate_metrics(0)
+            if self.dist.is_main:
+                save_config(cfg, self.run_dir / "config.yaml")
         if self.dist.is_main and hasattr(self.task, "save_run_files"):  # files a run needs beside its weights (LM:
             self.task.save_run_files(self.data, self.run_dir)             # the tokenizer, for `trm generate`)
 
@@ -149,7 +158,8 @@ class Trainer:
         saved = from_dict(ckpt.state["config"])
         for section in ("task", "model", "data"):
             if getattr(saved, section) != getattr(self.cfg, section):
-                raise TrmError(f"cannot resume {self.run_dir}: its {section} config differs from the one given")
+                raise TrmError(f"cannot resume {self.run_dir}: {_differences(saved, self.cfg, section)} "
+                               f"(`trm train {self.run_dir} --resume` continues it with its own config)")
         if ckpt.state.get("world_size", 1) != self.dist.world_size and self.cfg.train.supervision == "per_step":
             raise TrmError(f"cannot resume {self.run_dir}: saved with {ckpt.state.get('world_size', 1)} processes, "
                            f"now {self.dist.world_size} (the ACT carry is sharded per process)")
@@ -331,7 +341,27 @@ class Trainer:
     def _should_stop(self) -> bool:
         t = self.cfg.train
         over_time = t.time_budget_s > 0 and self.train_time >= t.time_budget_s
-        return self.step >= t.steps or distributed.any_true(over_time, self.dist)
+        return self.step >= t.steps or distributed.any_true(over_time or self.interrupted, self.dist)
+
+    @contextmanager
+    def _ctrl_c_saves(self):
+        """Ctrl-C lets the current step finish, then the run saves a checkpoint and stops (a step cut in half is
+        never saved; every rank stops at the same step). A second Ctrl-C stops at once, as before."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+            yield
+            return
+
+        def on_interrupt(signum, frame):
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.log_line("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def fit(self) -> dict:
         t = self.cfg.train
@@ -340,7 +370,22 @@ class Trainer:
         bar = tqdm(total=None if t.time_budget_s else t.steps, initial=self.step,
                    disable=self.quiet or not self.dist.is_main,
                    desc=self.cfg.name or "train", dynamic_ncols=True)
-        last_eval = None
+        with self._ctrl_c_saves():
+            self._loop(bar)
+        bar.close()
+        if distributed.any_true(self.interrupted, self.dist):
+            self.save()
+            self.tracker.close()
+            raise KeyboardInterrupt
+        self.tracker.close()
+        last_eval = self.last_eval
+        if last_eval is None or (t.eval_interval and self.step % t.eval_interval):
+            last_eval = self.evaluate()
+        self.save()
+        return self.write_summary(last_eval)
+
+    def _loop(self, bar):
+        t = self.cfg.train
         while not self._should_stop():
             t0 = time.perf_counter()
             record = self.train_step()
@@ -353,17 +398,11 @@ class Trainer:
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record.get('exact_acc', 0):.3f}",
                             s_per_step=f"{dt:.2f}")
             if t.eval_interval and self.step % t.eval_interval == 0:
-                last_eval = self.evaluate()
+                self.last_eval = self.evaluate()
                 metric = self.task.metric
-                self.log_line(f"step {self.step}: eval {metric} {last_eval.get(metric, float('nan')):.4f}")
+                self.log_line(f"step {self.step}: eval {metric} {self.last_eval.get(metric, float('nan')):.4f}")
             if t.ckpt_interval and self.step % t.ckpt_interval == 0:
                 self.save()
-        bar.close()
-        self.tracker.close()
-        if last_eval is None or (t.eval_interval and self.step % t.eval_interval):
-            last_eval = self.evaluate()
-        self.save()
-        return self.write_summary(last_eval)
 
     def write_summary(self, eval_metrics: dict) -> dict:
         summary = {"name": self.cfg.name, "task": self.cfg.task, "steps": self.step, "train_time_s": self.train_time,
@@ -376,6 +415,16 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, self.run_dir / "summary.json")  # written last: the run's completion marker
         return summary
+
+
+def _differences(saved: Config, given: Config, section: str) -> str:
+    """'model.n_embd is 32 in the run, 128 given' for the first few keys of ``section`` that differ."""
+    a, b = saved.to_dict()[section], given.to_dict()[section]
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return f"{section} is {a!r} in the run, {b!r} given"
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    said = [f"{section}.{k} is {a.get(k)!r} in the run, {b.get(k)!r} given" for k in keys[:3]]
+    return "; ".join(said) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
 def train(cfg: Config, run_dir: str | Path, **kw) -> dict:
