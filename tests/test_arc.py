@@ -200,11 +200,11 @@ def test_skip_bad_returns_good_tasks_and_reports_bad(tmp_path):
 
 # ---------------------------------------------------------------- builder
 
-def test_config_validation_names_the_field(arc_dir):
+def test_config_validation_names_the_field(arc_dir, tmp_path):
     with pytest.raises(TrmError, match="data.num_aug"):
         ArcDataConfig(source=str(arc_dir), num_aug=0)
-    with pytest.raises(TrmError, match="data.source"):
-        ArcDataConfig(source="arc3")
+    with pytest.raises(TrmError, match="data.source"):  # a missing folder fails the build, not the config load
+        build_arc(ArcDataConfig(source="arc3"), out_root=tmp_path / "data")
     with pytest.raises(TrmError, match="data.train_split"):
         ArcDataConfig(source="arc1", train_split="train")
     with pytest.raises(TrmError, match="data.eval_split"):

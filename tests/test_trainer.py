@@ -70,8 +70,9 @@ def test_resume_with_a_different_model_is_refused(tmp_path, data_root, tiny_over
         Trainer(other, tmp_path / "r", data_root=data_root, quiet=True, resume=True)
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_saves_after_the_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, data_root,
-                                                                                     tiny_overrides):
+                                                                                     tiny_overrides, signum):
     import os
     import signal
     cfg = load_config("sudoku", tiny_overrides + ["train.steps=5"])   # no ckpt_interval: only the final save
@@ -82,13 +83,14 @@ def test_ctrl_c_saves_after_the_step_and_the_resumed_run_equals_an_uninterrupted
     def step_then_ctrl_c():   # Ctrl-C arrives while step 2 is still running
         record = step()
         if trainer.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, signum))
         return record
     trainer.train_step = step_then_ctrl_c
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_checkpoint(tmp_path / "cut").state["step"] == 2 and not (tmp_path / "cut" / "summary.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handlers are put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     train(cfg, tmp_path / "cut", data_root=data_root, quiet=True, resume=True)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)

