@@ -183,3 +183,82 @@ def test_an_evaluation_split_with_no_good_task_stops_the_build(arc_dir, tmp_path
     cfg = load_config("arc", TINY + [f"data.source={tmp_path}"])
     with pytest.raises(Exception, match=r"no usable task in split 'evaluation' \(all 1 skipped; first: .*bad\.json"):
         build_arc(cfg.data, out_root=tmp_path / "data")
+
+
+def test_trm_eval_rewrites_the_evaluation_files_and_prints_per_task_scores(capsys, trained, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"  # a copy: the module's run keeps the files its training wrote
+    shutil.copytree(trained.run, run_dir)
+    for name in ("arc_scores.json", "submission.json", "pictures"):
+        shutil.rmtree(run_dir / name) if name == "pictures" else (run_dir / name).unlink()
+    rc, out, _ = run(capsys, "eval", str(run_dir), "--data-root", str(trained.data), "--n-sup", "1", "--json")
+    metrics = json.loads(out)  # stdout is nothing but the JSON
+    assert rc == 0 and set(metrics["per_task"]) == {"transpose"}
+    assert metrics["per_task"]["transpose"]["pass@2"] == metrics["pass@2"]  # one task: its score is the mean
+    assert metrics["written_to"] == str(run_dir)
+    scores = json.loads((run_dir / "arc_scores.json").read_text())
+    assert scores["n_sup_inference"] == 1  # written by this evaluation (training scored at N_sup 2)
+    assert scores["per_task"] == metrics["per_task"] and scores["pass@2"] == metrics["pass@2"]
+    assert scores["trained_on_eval_demos"] is True and "demonstration pairs were trained on" in scores["note"]
+    assert list(json.loads((run_dir / "submission.json").read_text())) == ["transpose"]
+    assert (run_dir / "pictures" / "transpose_test0.png").stat().st_size > 0
+
+    # a checkpoint directory writes into its run; --out writes elsewhere and says where, leaving the run alone
+    step_dir = next((run_dir / "checkpoints").glob("step_*"))
+    rc, out, _ = run(capsys, "eval", str(step_dir), "--data-root", str(trained.data), "--json")
+    assert rc == 0 and json.loads(out)["written_to"] == str(run_dir)
+    assert json.loads((run_dir / "arc_scores.json").read_text())["n_sup_inference"] == 2
+    rc, out, _ = run(capsys, "eval", str(run_dir), "--data-root", str(trained.data), "--n-sup", "1",
+                     "--out", str(tmp_path / "elsewhere"))
+    assert rc == 0 and f"{tmp_path / 'elsewhere'}/{{arc_scores.json" in out
+    assert json.loads((tmp_path / "elsewhere" / "arc_scores.json").read_text())["n_sup_inference"] == 1
+    assert json.loads((run_dir / "arc_scores.json").read_text())["n_sup_inference"] == 2
+
+
+def test_scores_say_when_no_evaluation_pair_was_trained_on(trained, tmp_path):
+    task = get_task("arc")
+    data = task.load(trained.cfg, build_arc(trained.cfg.data, out_root=trained.data))
+    data.meta = dict(data.meta, trained_on_eval_demos=False)
+    labels = data.splits["test"].labels
+    perfect = SimpleNamespace(predictions=labels.copy(), q_logits=[0.0] * len(labels))
+    m = task.extra_metrics(perfect, data, trained.cfg, "test", out_dir=tmp_path)
+    scores = json.loads((tmp_path / "arc_scores.json").read_text())
+    assert m["trained_on_eval_demos"] is False and scores["trained_on_eval_demos"] is False
+    assert "no pair of the evaluation tasks was trained on" in scores["note"]
+    assert scores["per_task"] == {"transpose": {"pass@1": 1.0, "pass@2": 1.0}}
+
+
+def _solve_lines(capsys, trained, task_file, out_dir):
+    rc, out, err = run(capsys, "solve", str(trained.run), str(task_file), "--out", str(out_dir),
+                       "--data-root", str(trained.data))
+    assert rc in (0, 1) and "Traceback" not in err
+    return out.splitlines()
+
+
+def test_solve_identifies_a_trained_task_by_content_when_its_file_has_another_name(capsys, trained, arc_dir,
+                                                                                   tmp_path):
+    by_name = _solve_lines(capsys, trained, arc_dir / "evaluation" / "transpose.json", tmp_path)
+    renamed = tmp_path / "task.json"
+    renamed.write_text((arc_dir / "evaluation" / "transpose.json").read_text())
+    by_content = _solve_lines(capsys, trained, renamed, tmp_path)
+    assert "matched by file name" in by_name[0] and "3 trained views with their own puzzle ids" in by_name[0]
+    assert by_content[0].startswith("task task: 3 trained views of task transpose with their own puzzle ids")
+    assert "matched by content" in by_content[0] and "training saw its demonstration pairs" in by_content[0]
+    # the same views and puzzle ids, so the same votes and grids (only the picture paths differ)
+    assert [ln for ln in by_content[1:] if not ln.startswith("picture:")] == \
+        [ln for ln in by_name[1:] if not ln.startswith("picture:")]
+
+    # a training task (demonstrations and test pairs trained), given one of its demonstration pairs only
+    subset = tmp_path / "mine.json"
+    subset.write_text(json.dumps({"train": TASKS["flip"]["train"][1:], "test": [{"input": [[1, 2]]}]}))
+    line = _solve_lines(capsys, trained, subset, tmp_path)[0]
+    assert "of task flip" in line and "matched by content" in line and "its test pairs too" in line
+
+    # one cell changed: no trained task has these pairs, and the message says so
+    changed = json.loads(json.dumps(TASKS["flip"]))
+    changed["train"][0]["output"][0][0] = 9
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(changed))
+    line = _solve_lines(capsys, trained, edited, tmp_path)[0]
+    assert "not in the training data (no trained task has this name or these demonstration pairs)" in line
+    assert "blank puzzle id 0" in line

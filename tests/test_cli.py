@@ -82,3 +82,30 @@ def test_overrides_may_follow_options():
     assert parse(["train", "lm-A", "--matrix_lr=0.001"]).overrides == ["matrix_lr=0.001"]
     assert parse(["study", "run", "exp01", "--dry-run", "train.steps=5"]).patterns == ["exp01", "train.steps=5"]
     assert parse(["bench", "sudoku", "--steps", "2", "train.threads=1"]).items == ["sudoku", "train.threads=1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "/nonexistent/run", "--n-sup", "-1"], "--n-sup -1: must be >= 1"),
+    (["eval", "/nonexistent/run", "--n-sup", "0"], "--n-sup 0: must be >= 1"),
+    (["eval", "/nonexistent/run", "--threads", "-2"], "--threads -2: must be >= 0"),
+    (["eval", "/nonexistent/run", "--max-samples", "-5"], "--max-samples -5: must be >= 0"),
+    (["solve", "/nonexistent/run", "t5.txt", "--n-sup", "-3"], "--n-sup -3: must be >= 1"),
+])
+def test_a_count_flag_below_its_minimum_is_a_one_line_error_naming_it(capsys, argv, message):
+    rc, _, err = run(capsys, *argv)  # checked before the checkpoint is even looked for
+    assert rc == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_eval_flags_are_checked_on_a_real_run_and_out_needs_a_task_that_writes_files(capsys, tmp_path,
+                                                                                     tiny_overrides):
+    data = str(tmp_path / "data")
+    rc, _, _ = run(capsys, "train", "sudoku", *tiny_overrides, "train.steps=1", "--runs-dir", str(tmp_path / "runs"),
+                   "--data-root", data, "--name", "t", "--quiet")
+    run_dir = str(tmp_path / "runs" / "t")
+    assert rc == 0
+    for flags, message in ((["--n-sup", "-1"], "--n-sup -1"), (["--threads", "-2"], "--threads -2"),
+                           (["--max-samples", "-5"], "--max-samples -5"), (["--out", "x"], "writes no files")):
+        rc, out, err = run(capsys, "eval", run_dir, "--data-root", data, *flags)
+        assert rc == 2 and message in err and err.count("\n") == 1 and "exact_acc" not in out
+    rc, out, _ = run(capsys, "eval", run_dir, "--data-root", data, "--max-samples", "4", "--json")
+    assert rc == 0 and '"eval_samples": 4' in out

@@ -194,12 +194,15 @@ def test_epoch_examples_count_an_arc_view_by_its_demo_pairs():
     import numpy as np
 
     from trmlab.data.puzzles import PuzzleSplit
+    from trmlab.tasks.arc import ArcTask
     from trmlab.tasks.puzzle import PuzzleData, PuzzleTask
-    ids = np.array([1, 1, 2, 2, 3, 3, 3, 3])      # 3 views (puzzle ids) of 2 tasks: 8 demo pairs
-    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    ids = np.array([1, 1, 2, 2, 3, 3, 3, 3])        # 3 views (puzzle ids) of 2 tasks: 8 demo pairs in all
+    pairs = np.array([0, 1, 0, 1, 2, 3, 2, 3])      # ARC groups: one per (task, pair)
     rows = np.zeros((8, 4), dtype=np.uint8)
-    split = PuzzleSplit(rows, rows, ids.astype(np.int32), groups.astype(np.int32))
-    data = PuzzleData(None, {"train": split}, {"num_puzzle_ids": 4})
-    assert PuzzleTask().epoch_examples(data) == pytest.approx(2 * 8 / 3)  # tasks x mean pairs per view
-    data.meta["num_puzzle_ids"] = 1                                         # no ids: every row is its own view
-    assert PuzzleTask().epoch_examples(data) == pytest.approx(2)
+    split = PuzzleSplit(rows, rows, ids.astype(np.int32), pairs.astype(np.int32))
+    meta = {"num_puzzle_ids": 4, "puzzles": [None, "a|v0", "a|v1", "b|v0"]}
+    data = PuzzleData(None, {"train": split}, meta)
+    assert ArcTask().epoch_examples(data) == pytest.approx(2 * 8 / 3)   # tasks x mean pairs per view
+    sudoku_like = PuzzleData(None, {"train": PuzzleSplit(rows, rows, np.zeros(8, np.int32), pairs.astype(np.int32))},
+                             {"num_puzzle_ids": 1})
+    assert PuzzleTask().epoch_examples(sudoku_like) == pytest.approx(4)  # no ids: one row per view, 4 base puzzles

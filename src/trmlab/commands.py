@@ -91,32 +91,65 @@ def evaluate_arguments(p):
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
     p.add_argument("--data", help="dataset directory to evaluate on (default: the run's own held-out split)")
     p.add_argument("--split", default="test")
-    p.add_argument("--n-sup", type=int, default=0, help="supervision steps at inference (default: the config's)")
-    p.add_argument("--max-samples", type=int, default=0)
+    p.add_argument("--n-sup", type=int, help="supervision steps at inference, >= 1 (default: the config's)")
+    p.add_argument("--max-samples", type=int, default=0, help="evaluate the first N puzzles (default 0: all)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's; 1 on a busy machine)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (ARC: with per-task scores)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's; 1 on a busy machine)")
+    p.add_argument("--out", help="ARC: where submission.json, arc_scores.json and pictures/ go (default: the run "
+                                 "directory, replacing the ones its training wrote)")
+
+
+FLAG_MINIMUM = {"n_sup": (1, "supervision steps at inference"), "max_samples": (0, "0 = every puzzle"),
+                "threads": (0, "0 = torch's default")}
+
+
+def check_flags(args, *names: str):
+    """argparse takes any integer: a value below its flag's minimum is a one-line error, not a crash deep inside."""
+    for name in names:
+        value, (low, meaning) = getattr(args, name), FLAG_MINIMUM[name]
+        if value is not None and value < low:
+            raise TrmError(f"--{name.replace('_', '-')} {value}: must be >= {low} ({meaning})")
+
+
+def run_of(checkpoint: str) -> Path:
+    """The run a checkpoint argument belongs to: <run>/checkpoints/step_N -> <run> (<run>/best for the best one)."""
+    p = Path(checkpoint)
+    is_step_dir = (p / "model.safetensors").exists() and p.parent.name == "checkpoints"
+    return p.parent.parent if is_step_dir else p
 
 
 def evaluate(args):
     from trmlab.api import load
     from trmlab.tasks import get_task
+    import inspect
     import torch
+    check_flags(args, "n_sup", "max_samples", "threads")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, cfg = load(args.checkpoint, use_ema=not args.no_ema)
     if args.n_sup:
         cfg.model.n_sup_inference = args.n_sup
     task = get_task(cfg.task)
+    # A task whose evaluation writes files (ARC: submission, per-task scores, pictures) writes them as training did.
+    writes = "out_dir" in inspect.signature(task.evaluate).parameters
+    if args.out and not writes:
+        raise TrmError(f"--out {args.out}: the {cfg.task} evaluation writes no files")
     data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
     if args.split not in data.splits:
         raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
-    metrics = task.evaluate(model, data, cfg, torch.device("cpu"), split=args.split, max_samples=args.max_samples)
+    out = {"out_dir": Path(args.out) if args.out else run_of(args.checkpoint)} if writes else {}
+    metrics = task.evaluate(model, data, cfg, torch.device("cpu"), split=args.split, max_samples=args.max_samples,
+                            **out)
     if args.json:
         print(json.dumps(metrics, indent=2))
-    else:
-        print_eval(metrics, title=f"{args.checkpoint} on {args.data or 'its held-out split'} ({args.split})")
+        return
+    shown = {k: v for k, v in metrics.items() if k != "written_to"}
+    print_eval(shown, title=f"{args.checkpoint} on {args.data or 'its held-out split'} ({args.split})")
+    if "written_to" in metrics:
+        print(f"per-task scores, submission and pictures: {metrics['written_to']}/"
+              f"{{arc_scores.json, submission.json, pictures/}} (--json prints the per-task scores)")
 
 
 # ---------------------------------------------------------------------------------------------- trm solve
@@ -124,15 +157,16 @@ def solve_arguments(p):
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
     p.add_argument("puzzle", help="Sudoku: 81 characters ('.' or 0 = blank); Maze: a text file or grid; "
                                   "ARC: a task JSON file, or a directory of them (bad tasks are skipped and listed)")
-    p.add_argument("--n-sup", type=int, default=0)
+    p.add_argument("--n-sup", type=int, help="supervision steps, >= 1 (default: the config's n_sup_inference)")
     p.add_argument("--out", default="", help="where to write pictures (ARC, Maze)")
     p.add_argument("--data-root", default="data", help="where the run's dataset was built (ARC: finds a task's "
-                                                        "trained views and puzzle ids)")
+                                                        "trained views and puzzle ids, by file name or content)")
 
 
 def solve(args):
     from trmlab.api import load
     from trmlab.tasks import get_task
+    check_flags(args, "n_sup")
     model, cfg = load(args.checkpoint)
     task = get_task(cfg.task)
     if not hasattr(task, "solve"):

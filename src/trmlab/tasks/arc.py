@@ -22,16 +22,22 @@ from trmlab.tasks.puzzle import PuzzleTask
 
 N_PICTURES = 4  # tasks drawn into <run>/pictures after an evaluation with an out_dir
 TRAINED_ON_EVAL_DEMOS = "the evaluation tasks' demonstration pairs were trained on (as in the paper)"
+NOT_TRAINED_ON_EVAL_DEMOS = "no pair of the evaluation tasks was trained on (data.train_on_eval_demos=false)"
 
 
 def sigmoid(x) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
+def dataset_dir(data_cfg, data_root: str | Path = "data") -> Path:
+    """Where the dataset ``data_cfg`` builds lives under ``data_root`` (built or not)."""
+    from trmlab.data.puzzles import params_slug
+    return Path(data_root) / params_slug("arc", asdict(data_cfg))
+
+
 def dataset_meta(data_cfg, data_root: str | Path = "data") -> dict | None:
     """The metadata of the dataset ``data_cfg`` builds, when it has been built under ``data_root``."""
-    from trmlab.data.puzzles import params_slug
-    f = Path(data_root) / params_slug("arc", asdict(data_cfg)) / "metadata.json"
+    f = dataset_dir(data_cfg, data_root) / "metadata.json"
     return json.loads(f.read_text()) if f.exists() else None
 
 
@@ -67,6 +73,65 @@ def _grid_text(grid) -> str:
     return "\n".join("".join(str(int(c)) for c in row) for row in np.asarray(grid))
 
 
+def _pair_key(inp, out) -> bytes:
+    """One (input, output) pair as bytes, to compare pairs from task files with pairs decoded from a dataset."""
+    inp, out = np.asarray(inp, np.uint8), np.asarray(out, np.uint8)
+    return bytes(inp.shape) + inp.tobytes() + bytes(out.shape) + out.tobytes()
+
+
+class TrainedTasks:
+    """The tasks of a run's built dataset: their views (puzzle id, augmentation), found by task id or by content.
+
+    A task file's name need not be its task id (``task.json``), so a file whose name is no trained task is matched
+    by its demonstration pairs: those of a trained task are in the training rows of that task's first view, which
+    are decoded once, on first need (a few rows per task, read through a memory map of the training split).
+    """
+
+    def __init__(self, meta: dict, folder: Path):
+        from trmlab.data.arc import Augmentation
+        self.meta, self.folder, self._pairs = meta, Path(folder), None
+        self.views: dict[str, list] = {}
+        for pid, key in enumerate(meta["puzzles"]):
+            if key is not None:
+                task_id, aug = key.rsplit("|", 1)  # from the right: a task id may itself hold "|"
+                self.views.setdefault(task_id, []).append((pid, Augmentation.parse(aug)))
+
+    @classmethod
+    def of(cls, data_cfg, data_root) -> TrainedTasks | None:
+        meta = dataset_meta(data_cfg, data_root)
+        return None if meta is None else cls(meta, dataset_dir(data_cfg, data_root))
+
+    def match(self, task) -> tuple[str | None, str]:
+        """(trained task id, how it was matched), or (None, "") when no trained task has this name or these demos."""
+        if task.id in self.views:
+            return task.id, "matched by file name"
+        demos = {_pair_key(inp, out) for inp, out in task.train}
+        found = sorted(t for t, pairs in self.known_pairs().items() if demos <= pairs)
+        if not found:
+            return None, ""
+        also = f" (and task {', '.join(found[1:])}'s)" if len(found) > 1 else ""
+        return found[0], f"matched by content: its demonstration pairs are that task's{also}"
+
+    def known_pairs(self) -> dict[str, set[bytes]]:
+        """{task id: its trained pairs in the original frame}, decoded from the rows of each task's first view."""
+        if self._pairs is None:
+            from trmlab.data.arc import decode_grid
+            first = {views[0][0]: (task_id, views[0][1]) for task_id, views in self.views.items()}
+            try:
+                arrays = {name: np.load(self.folder / f"train_{name}.npy", mmap_mode="r", allow_pickle=False)
+                          for name in ("inputs", "labels", "puzzle_ids")}
+            except (OSError, ValueError) as e:
+                raise TrmError(f"{self.folder}: cannot read its training rows ({type(e).__name__}); "
+                               f"rebuild it with `trm data build`") from None
+            self._pairs = {}
+            for r in np.flatnonzero(np.isin(arrays["puzzle_ids"], list(first))):
+                task_id, aug = first[int(arrays["puzzle_ids"][r])]
+                inp, out = decode_grid(arrays["inputs"][r]), decode_grid(arrays["labels"][r])
+                if inp is not None and out is not None:  # the offset of a translated row is undone by the crop
+                    self._pairs.setdefault(task_id, set()).add(_pair_key(aug.invert(inp), aug.invert(out)))
+        return self._pairs
+
+
 class ArcTask(PuzzleTask):
     name = "arc"
     metric = "pass@2"
@@ -84,11 +149,18 @@ class ArcTask(PuzzleTask):
         from trmlab.data.arc import SEQ_LEN, VOCAB_SIZE
         return {"vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": num_puzzle_ids(cfg.data)}
 
+    def base_puzzles(self, data) -> int:
+        """Tasks with training views (an ARC group is one (task, pair); the paper's epoch is one view per task)."""
+        names = data.meta["puzzles"]
+        used = np.unique(data.splits["train"].puzzle_ids)
+        return len({names[i].rsplit("|", 1)[0] for i in used if names[i] is not None})
+
     # ------------------------------------------------------------------ evaluation: vote, score, submission
     @torch.no_grad()
     def evaluate(self, model, data, cfg, device, split: str = "test", max_samples: int = 0,
                  out_dir: str | Path | None = None) -> dict:
-        """Per-view exact accuracy plus voted pass@k; with ``out_dir`` also submission.json and pictures there."""
+        """Per-view exact accuracy plus voted pass@k, overall and per task; with ``out_dir`` also submission.json,
+        arc_scores.json and pictures/ there (training passes its run directory, `trm eval` the run or --out)."""
         from trmlab.eval.puzzle import evaluate_puzzles
         result = evaluate_puzzles(model, data.splits[split], cfg, device, max_samples=max_samples)
         metrics = result.metrics()
@@ -96,7 +168,7 @@ class ArcTask(PuzzleTask):
         return metrics
 
     def extra_metrics(self, result, data, cfg, split, out_dir: str | Path | None = None) -> dict:
-        from trmlab.eval.arc_vote import score, solutions_from_split, vote, write_submission
+        from trmlab.eval.arc_vote import score, solutions_from_split, vote
         rows = data.meta.get("test_rows") if split == "test" else None
         if not rows:
             return {}
@@ -109,15 +181,25 @@ class ArcTask(PuzzleTask):
         metrics = {"pass@1": scores["pass@1"], "pass@2": scores["pass@2"], "num_tasks": scores["num_tasks"],
                    "num_test_pairs": scores["num_test_pairs"], "views": n,
                    "skipped_tasks": len(data.meta.get("skipped_tasks", [])),
-                   "trained_on_eval_demos": trained_on_demos}
-        if trained_on_demos:
-            metrics["note"] = TRAINED_ON_EVAL_DEMOS
+                   "trained_on_eval_demos": trained_on_demos,
+                   "note": TRAINED_ON_EVAL_DEMOS if trained_on_demos else NOT_TRAINED_ON_EVAL_DEMOS,
+                   "per_task": scores["per_task"]}
         if out_dir is not None:
-            out_dir = Path(out_dir)
+            self._write_files(metrics, cfg, ranked, solutions, rows, data.splits[split].inputs[:n], Path(out_dir))
+            metrics["written_to"] = str(out_dir)
+        return metrics
+
+    def _write_files(self, metrics, cfg, ranked, solutions, rows, inputs, out_dir: Path):
+        """submission.json, arc_scores.json (the metrics above, per task, and the N_sup they were scored at) and
+        pictures/ into ``out_dir``: everything a reader of the scores needs to know what they mean."""
+        from trmlab.eval.arc_vote import write_submission
+        scores = dict(metrics, n_sup_inference=cfg.model.n_sup_inference)
+        try:
             write_submission(ranked, out_dir / "submission.json")
             (out_dir / "arc_scores.json").write_text(json.dumps(scores, indent=1))
-            self._pictures(ranked, solutions, rows, data.splits[split].inputs[:n], out_dir / "pictures")
-        return metrics
+            self._pictures(ranked, solutions, rows, inputs, out_dir / "pictures")
+        except OSError as e:
+            raise TrmError(f"{out_dir}: cannot write the evaluation files ({e.strerror or type(e).__name__})") from None
 
     @staticmethod
     def _pictures(ranked, solutions, rows, inputs, folder: Path, n_tasks: int = N_PICTURES):
@@ -140,18 +222,6 @@ class ArcTask(PuzzleTask):
                             None if best is None else best.grid, title=title)
 
     # ------------------------------------------------------------------ trm solve on one task file
-    def _views(self, task, cfg, meta: dict | None):
-        """(puzzle id, augmentation) per view of ``task``: the trained ones, or blank-id views for an unseen task."""
-        from trmlab.data.arc import Augmentation, task_augmentations
-        if meta is not None:
-            trained = [(pid, Augmentation.parse(key.rsplit("|", 1)[1])) for pid, key in enumerate(meta["puzzles"])
-                       if key is not None and key.rsplit("|", 1)[0] == task.id]
-            if trained:
-                return trained, True
-        # Seeded as build_arc seeds a task's views, so a task the builder skipped still gets the same views.
-        rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
-        return [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)], False
-
     def solve(self, model, cfg, path: str, n_sup: int, out: str = "", data_root: str | Path = "data") -> int:
         """Predict the test outputs of one task file (or of every task file in a directory), vote, print, draw.
 
@@ -166,7 +236,7 @@ class ArcTask(PuzzleTask):
             raise TrmError(f"{path}: no such ARC task file")
         from trmlab.data.arc import _parse_task
         task = _parse_task(f.stem, str(f), f, require_test_outputs=False)  # bad grids: TrmError naming file + task
-        failed, _ = self._solve_task(model, cfg, task, n_sup, out, dataset_meta(cfg.data, data_root), data_root)
+        failed, _ = self._solve_task(model, cfg, task, n_sup, out, TrainedTasks.of(cfg.data, data_root), data_root)
         return 1 if failed else 0
 
     def _solve_directory(self, model, cfg, folder: Path, n_sup: int, out: str, data_root) -> int:
@@ -174,7 +244,7 @@ class ArcTask(PuzzleTask):
         files = sorted(folder.glob("*.json"))
         if not files:
             raise TrmError(f"{folder}: no <task_id>.json files")
-        meta = dataset_meta(cfg.data, data_root)
+        trained = TrainedTasks.of(cfg.data, data_root)  # once: its content index serves every file
         out_dir = "" if out.lower().endswith(".png") else out  # one picture per task and test pair
         solved, scored, bad = 0, 0, []
         for f in files:
@@ -184,7 +254,7 @@ class ArcTask(PuzzleTask):
                 print(f"skipped: {e}")
                 bad.append(str(e))
                 continue
-            failed, known = self._solve_task(model, cfg, task, n_sup, out_dir, meta, data_root)
+            failed, known = self._solve_task(model, cfg, task, n_sup, out_dir, trained, data_root)
             if known:
                 scored += 1
                 solved += not failed
@@ -196,24 +266,41 @@ class ArcTask(PuzzleTask):
             print(f"  {message}")
         return 0 if solved == scored else 1
 
-    def _solve_task(self, model, cfg, task, n_sup: int, out: str, meta: dict | None, data_root) -> tuple[int, bool]:
+    def _views(self, task, cfg, trained: TrainedTasks | None, data_root) -> list:
+        """(puzzle id, augmentation) per view of ``task``: a trained task's own, else blank-id views; says which."""
+        from trmlab.data.arc import task_augmentations
+        matched, how = trained.match(task) if trained is not None else (None, "")
+        if matched is not None:
+            views, meta = trained.views[matched], trained.meta
+            seen = "its test pairs too" if matched in meta.get("train_tasks", []) else \
+                "its demonstration pairs" if meta.get("trained_on_eval_demos") else "no pair of it"
+            of = "" if matched == task.id else f" of task {matched}"
+            print(f"task {task.id}: {len(views)} trained views{of} with their own puzzle ids ({how}; "
+                  f"training saw {seen})")
+            return views
+        # Seeded as build_arc seeds a task's views, so a task the builder skipped still gets the same views.
+        rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
+        views = [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)]
+        if trained is not None:
+            print(f"task {task.id}: not in the training data (no trained task has this name or these demonstration "
+                  f"pairs); {len(views)} views with the blank puzzle id 0 (TRM learns a puzzle embedding per task, "
+                  f"so expect little on unseen tasks)")
+        else:
+            print(f"task {task.id}: {len(views)} views with the blank puzzle id 0; whether training saw it is unknown: "
+                  f"the run's dataset is not under {data_root}/"
+                  + (" (pass --data-root where it was built to use the trained puzzle ids of its tasks)"
+                     if cfg.model.num_puzzle_ids > 1 else ""))
+        return views
+
+    def _solve_task(self, model, cfg, task, n_sup: int, out: str, trained: TrainedTasks | None,
+                    data_root) -> tuple[int, bool]:
         """Solve one parsed task; returns (test pairs failed, whether any test output was known)."""
         from trmlab.data.arc import encode_grid, render_task_png
         from trmlab.data.puzzles import PuzzleSplit
         from trmlab.eval.arc_vote import vote
         from trmlab.eval.puzzle import evaluate_puzzles
 
-        views, known = self._views(task, cfg, meta)
-        if known:
-            seen = "its test pairs too" if task.id in meta.get("train_tasks", []) else \
-                "its demonstration pairs" if meta.get("trained_on_eval_demos") else "no pair of it"
-            print(f"task {task.id}: {len(views)} trained views with their own puzzle ids (training saw {seen})")
-        else:
-            print(f"task {task.id}: not in the training data; {len(views)} views with the blank puzzle id 0 "
-                  f"(TRM learns a puzzle embedding per task, so expect little on unseen tasks)")
-            if meta is None and cfg.model.num_puzzle_ids > 1:
-                print(f"  (the run's dataset is not under {data_root}/; pass --data-root where it was built to use "
-                      f"the trained puzzle ids of its tasks)")
+        views = self._views(task, cfg, trained, data_root)
         inputs, keys, pids = [], [], []
         for pid, aug in views:
             for i, (inp, _) in enumerate(task.test):
