@@ -325,3 +325,53 @@ def test_write_submission_and_render_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = render_task_png(tmp_path / "b.png", grid(3, 3), truth, truth, "task b")
     assert png.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- local folders: cache key, paths, empty splits
+
+def test_edited_folder_is_rebuilt_and_unchanged_one_reused(arc_dir, tmp_path, capsys):
+    cfg = ArcDataConfig(source=str(arc_dir), num_aug=2)
+    first = build_arc(cfg, out_root=tmp_path / "data")
+    assert build_arc(cfg, out_root=tmp_path / "data") == first and "rebuilding" not in capsys.readouterr().out
+    write_task(arc_dir / "training", "tr9", varied(GOOD_TASK, 3))
+    _, meta = load_puzzle_dataset(build_arc(cfg, out_root=tmp_path / "data"))
+    assert "changed since" in capsys.readouterr().out and "tr9" in meta["train_tasks"]
+
+
+def test_relative_folder_is_stored_absolute_and_the_data_outlives_it(arc_dir, tmp_path_factory, monkeypatch):
+    data = tmp_path_factory.mktemp("data")  # outside arc_dir, which moves
+    monkeypatch.chdir(arc_dir.parent)
+    cfg = ArcDataConfig(source=arc_dir.name, num_aug=2)
+    assert cfg.source == str(arc_dir)
+    built = build_arc(cfg, out_root=data)
+    # the run's saved config loads from another directory and after the folder has moved, and finds its data
+    monkeypatch.chdir(data)
+    arc_dir.rename(arc_dir.with_name(arc_dir.name + "-moved"))
+    again = ArcDataConfig(source=cfg.source, num_aug=2)
+    assert build_arc(again, out_root=data) == built
+    with pytest.raises(TrmError, match="existing directory"):  # nothing built for it yet: now it must exist
+        build_arc(ArcDataConfig(source=cfg.source, num_aug=3), out_root=data)
+
+
+def test_tilde_folder_is_expanded(arc_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(arc_dir.parent))
+    cfg = ArcDataConfig(source=f"~/{arc_dir.name}", num_aug=1)
+    assert cfg.source == str(arc_dir)
+    assert load_puzzle_dataset(build_arc(cfg, out_root=tmp_path / "data"))[1]["train_tasks"] == ["tr0", "tr1", "tr2"]
+
+
+def test_no_good_training_task_fails_the_build(arc_dir, tmp_path):
+    for f in (arc_dir / "training").glob("*.json"):
+        write_task(arc_dir / "training", f.stem, BAD_TASKS["colour"][0])
+    cfg = ArcDataConfig(source=str(arc_dir), num_aug=1, train_on_eval_demos=False)
+    with pytest.raises(TrmError, match=r"no usable task in split 'training' \(all 3 skipped; first: .*outside 0-9"):
+        build_arc(cfg, out_root=tmp_path / "data")
+
+
+@pytest.mark.parametrize("cell,shown", [("true", "true"), ("false", "false"), ("1.5", "1.5"), ("null", "null")])
+def test_boolean_and_float_colours_are_rejected(tmp_path, cell, shown):
+    task = json.dumps(GOOD_TASK).replace("[[1, 2, 0]", f"[[{cell}, 2, 0]", 1)
+    path = write_task(tmp_path / "training", "flag", task)
+    with pytest.raises(TrmError, match=rf"colour {shown} is not an integer 0-9") as err:
+        load_tasks(str(tmp_path), "training")
+    assert str(path) in str(err.value) and "task flag" in str(err.value)

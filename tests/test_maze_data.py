@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -324,3 +325,83 @@ def test_render_maze_writes_png(tmp_path):
     inp, lab = M.generate_maze(11, np.random.default_rng(9), 12)
     out = M.render_maze(inp, lab, tmp_path / "pics" / "maze.png", title="demo")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- local sources: cache key, paths, encodings
+
+def write_maze_folder(folder, seed, n, size=7):
+    """folder/train.csv and folder/test.csv, each with the same ``n`` generated mazes."""
+    rng = np.random.default_rng(seed)
+    mazes = [M.generate_maze(size, rng, 4) for _ in range(n)]
+    inputs, labels = np.stack([m[0] for m in mazes]), np.stack([m[1] for m in mazes])
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        M.write_csv(folder / f"{split}.csv", inputs, labels)
+    return inputs
+
+
+def test_same_relative_folder_in_two_directories_gives_two_datasets(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    built = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        inputs = write_maze_folder(tmp_path / name / "mh", seed, n=6)
+        monkeypatch.chdir(tmp_path / name)
+        cfg = M.MazeDataConfig(source="mh", n_train=6, n_test=2)
+        assert cfg.source == str(tmp_path / name / "mh")  # stored absolute: the run's config works from anywhere
+        path = M.build_maze(cfg, data)
+        assert np.array_equal(load_puzzle_dataset(path)[0]["train"].inputs, inputs.reshape(6, -1))
+        built[name] = path
+    assert built["a"] != built["b"]
+
+
+def test_csv_edited_in_place_is_rebuilt_and_unchanged_one_reused(tmp_path, capsys):
+    src = tmp_path / "mh"
+    write_maze_folder(src, seed=1, n=6)
+    cfg = M.MazeDataConfig(source=str(src), n_train=6, n_test=2)
+    first = M.build_maze(cfg, tmp_path / "data")
+    hash_before = load_puzzle_dataset(first)[1]["content_hash"]
+    assert M.build_maze(cfg, tmp_path / "data") == first and "rebuilding" not in capsys.readouterr().out
+    inputs = write_maze_folder(src, seed=2, n=7)  # a different file in place (7 rows: another size too)
+    again = M.build_maze(cfg, tmp_path / "data")
+    assert "changed since" in capsys.readouterr().out
+    splits, meta = load_puzzle_dataset(again)
+    assert meta["content_hash"] != hash_before
+    assert {r.tobytes() for r in splits["train"].inputs} <= {r.reshape(-1).tobytes() for r in inputs}
+
+
+def test_named_and_hf_sources_keep_their_old_cache_key():
+    import hashlib
+    from dataclasses import asdict
+    from trmlab.data.puzzles import params_slug
+    for source in ("generate", M.HF_DATASET):
+        params = asdict(M.MazeDataConfig(source=source))
+        old = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        assert params_slug("maze", params) == f"maze-{old}"
+
+
+def test_tilde_source_is_expanded_and_missing_folder_is_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_maze_folder(tmp_path / "mh", seed=3, n=4)
+    cfg = M.MazeDataConfig(source="~/mh", n_train=4, n_test=1)
+    assert cfg.source == str(tmp_path / "mh")
+    assert len(load_puzzle_dataset(M.build_maze(cfg, tmp_path / "data"))[0]["train"]) == 4
+    missing = M.MazeDataConfig(source="~/nope", n_train=4, n_test=1)  # a config naming a gone folder still loads
+    with pytest.raises(TrmError, match=re.escape(f"no such file or folder: {tmp_path / 'nope'}")):
+        M.build_maze(missing, tmp_path / "data")
+
+
+def test_non_utf8_csv_is_a_one_line_error_naming_the_file(tmp_path):
+    src = tmp_path / "mh"
+    write_maze_folder(src, seed=4, n=3)
+    with (src / "train.csv").open("ab") as f:
+        f.write(b"s,\xe9\xe9,x,1\n")
+    with pytest.raises(TrmError, match=r"mh/train\.csv: not UTF-8") as err:
+        M.build_maze(M.MazeDataConfig(source=str(src), n_train=2, n_test=1), tmp_path / "data")
+    assert "\n" not in str(err.value)
+
+
+def test_too_few_mazes_names_the_csv(tmp_path):
+    src = tmp_path / "mh"
+    write_maze_folder(src, seed=5, n=3)
+    with pytest.raises(TrmError, match=r"mh/train\.csv: data\.n_train=5 but the train CSV has only 3"):
+        M.build_maze(M.MazeDataConfig(source=str(src), n_train=5, n_test=1), tmp_path / "data")

@@ -116,3 +116,26 @@ def test_paper_preset_has_the_paper_size_and_runs_a_few_steps(capsys, tmp_path):
                      "model.n_loops=1", "model.T_recursion=1", "--runs-dir", str(tmp_path),
                      "--data-root", str(tmp_path / "data"), "--quiet")
     assert rc == 0 and "path_valid" in out
+
+
+def test_shapes_skip_bad_csv_rows_as_the_build_does(tmp_path, mazes):
+    from trmlab.data.maze import write_csv
+    folder = tmp_path / "mh"
+    folder.mkdir()
+    grids = mazes["train"].inputs.reshape(-1, 7, 7)[:4], mazes["train"].labels.reshape(-1, 7, 7)[:4]
+    for split in ("train", "test"):
+        write_csv(folder / f"{split}.csv", *grids)
+    with (folder / "train.csv").open("a") as f:
+        f.write("s,###,###,1\n")  # not a square maze: the build skips it
+    cfg = load_config("maze-paper", [f"data.source={folder}"])
+    assert get_task("maze").shapes(cfg)["seq_len"] == 49  # from the good rows, not 900 from the preset
+
+
+def test_non_utf8_maze_file_is_a_one_line_error(tmp_path):
+    from trmlab.errors import TrmError
+    from trmlab.tasks.maze import read_maze
+    maze = tmp_path / "latin.txt"
+    maze.write_bytes(b"#####\n#S\xe9G#\n#####\n")
+    with pytest.raises(TrmError, match=r"latin\.txt: maze task: not UTF-8") as err:
+        read_maze(str(maze))
+    assert "\n" not in str(err.value)

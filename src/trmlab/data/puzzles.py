@@ -60,11 +60,11 @@ def local_source(source) -> Path | None:
     return None
 
 
-def file_signature(path: Path) -> str:
-    """Cheap fingerprint of local inputs (names, sizes, mtimes), so edited files get rebuilt data.
-
-    The same as data/text.py's ``_file_signature`` for the LM corpus (which could import this one)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+def file_signature(path: Path, files: list[Path] | None = None) -> str:
+    """Cheap fingerprint (names, sizes, mtimes) of a file, or of ``files`` under a folder (default: all of them);
+    the LM corpus (data/text.py) keys its build directory by it too."""
+    if files is None:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     h = hashlib.sha1()
     for p in files:
         st = p.stat()
@@ -72,13 +72,22 @@ def file_signature(path: Path) -> str:
     return h.hexdigest()
 
 
-def source_signature(path: Path) -> str:
-    """``file_signature`` of a local source, plus the ``test`` file beside a ``train`` file (Maze and Sudoku read it)."""
-    sig = file_signature(path)
-    test = path.with_name(path.name.replace("train", "test"))
-    if path.is_file() and test != path and test.is_file():
-        sig += "+" + file_signature(test)
-    return sig
+def source_signature(params: dict, reads: tuple[str, ...] = ()) -> str | None:
+    """``file_signature`` of the local files a dataset is built from; None for a named or Hugging Face source, or a
+    local one that has gone.
+
+    ``reads`` are the globs, under a source folder, of the files the builder reads, so that a data root or runs kept
+    inside the folder are not mistaken for edits (without them the whole folder counts). A ``train`` file is signed
+    with the ``test`` file beside it, which Maze and Sudoku read too.
+    """
+    local = local_source(params.get("source"))
+    if local is None or not local.exists():
+        return None
+    if local.is_dir():
+        files = sorted({p for pattern in reads for p in local.glob(pattern) if p.is_file()}) if reads else None
+        return file_signature(local, files)
+    test = local.with_name(local.name.replace("train", "test"))
+    return file_signature(local) + (f"+{file_signature(test)}" if test != local and test.is_file() else "")
 
 
 def params_slug(task: str, params: dict) -> str:
@@ -94,28 +103,22 @@ def params_slug(task: str, params: dict) -> str:
     return f"{task}-{digest}"
 
 
-def _changed_source(params: dict, meta: dict) -> str:
-    """Why a built dataset no longer matches its local source files ("" when it does, or when the source is gone:
-    then the built copy is all that is left of it)."""
-    local = local_source(params.get("source"))
-    if local is None or not local.exists() or meta.get("source_files") == source_signature(local):
-        return ""
-    return f"{local} changed since the dataset was built"
-
-
-def cached_dataset(task: str, params: dict, out_root, force: bool = False) -> tuple[Path, bool]:
+def cached_dataset(task: str, params: dict, out_root, force: bool = False,
+                   reads: tuple[str, ...] = ()) -> tuple[Path, bool]:
     """The directory a dataset built from ``params`` lives in, and whether a complete, verified copy is already there.
 
-    A partial or corrupt directory, or one built from local files that have changed since, is reported on one line
-    and rebuilt by the caller.
+    A partial or corrupt directory, or one built from local files that have changed since (``reads``: see
+    ``source_signature``), is reported on one line and rebuilt by the caller. A local source that has gone leaves the
+    built copy in use: it is all that is left of that source.
     """
     out_dir = Path(out_root) / params_slug(task, params)
     if out_dir.exists() and not force:
         try:
-            changed = _changed_source(params, load_puzzle_dataset(out_dir)[1])
-            if not changed:
+            built = load_puzzle_dataset(out_dir)[1].get("source_files")
+            now = source_signature(params, reads)
+            if now is None or now == built:
                 return out_dir, True
-            print(f"rebuilding: {changed}")
+            print(f"rebuilding: {params['source']} changed since {out_dir} was built")
         except TrmError as e:
             print(f"rebuilding: {e}")
     return out_dir, False
@@ -145,9 +148,8 @@ def save_puzzle_dataset(out_dir: str | Path, splits: dict[str, PuzzleSplit], met
             np.save(tmp / f"{split}_{name}.npy", arr)
     meta = dict(meta, format_version=FORMAT_VERSION, splits={k: len(v) for k, v in splits.items()},
                 content_hash=content_hash(splits))
-    local = local_source(meta.get("config", {}).get("source"))
-    if local is not None and local.exists():  # cached_dataset compares this with the files to spot edits
-        meta["source_files"] = source_signature(local)
+    if "source_files" not in meta:  # what cached_dataset compares with the files to spot edits
+        meta["source_files"] = source_signature(meta.get("config", {}))
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trmlab.data.corpus import corpus_entropy_bits_per_byte, generate_corpus_with_nll, iter_documents
+from trmlab.data.puzzles import file_signature
 from trmlab.data.tokenizer import MIN_VOCAB, Tokenizer, load_tokenizer, train_tokenizer
 from trmlab.errors import TrmError
 
@@ -81,22 +82,12 @@ class TextDataConfig:
 # ---------------------------------------------------------------------------------------------------------------
 # Building
 
-def _file_signature(path: Path) -> str:
-    """Cheap fingerprint of local inputs (names, sizes, mtimes), so edited files get a new build directory."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha1()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path) if p != path else p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
 def text_dir_name(cfg: TextDataConfig) -> str:
     """``text-<hash>``: the hash covers the config, local input files and the tokenizer file's content."""
     key = dict(asdict(cfg), format_version=FORMAT_VERSION)
     src = Path(cfg.source).expanduser()
     if cfg.source != "synthetic" and src.exists():
-        key["source_files"] = _file_signature(src)
+        key["source_files"] = file_signature(src)  # edited files get a new build directory
     if cfg.tokenizer:
         tok = Path(cfg.tokenizer).expanduser()
         if not tok.is_file():
