@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from trmlab.errors import TrmError
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trm: interrupted (a run resumes from its last checkpoint with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `trm ... | head` closed the pipe: not an error of ours, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
+        return 0
     return int(rc or 0)
 
 
