@@ -1,5 +1,7 @@
 """`trm` as a user runs it: one-line errors with exit code 2, train -> eval -> solve, and the demo."""
 
+import json
+
 import pytest
 
 from trmlab.cli import main
@@ -109,3 +111,26 @@ def test_eval_flags_are_checked_on_a_real_run_and_out_needs_a_task_that_writes_f
         assert rc == 2 and message in err and err.count("\n") == 1 and "exact_acc" not in out
     rc, out, _ = run(capsys, "eval", run_dir, "--data-root", data, "--max-samples", "4", "--json")
     assert rc == 0 and '"eval_samples": 4' in out
+
+
+def test_train_on_a_run_directory_acts_on_that_directory(capsys, tmp_path, tiny_overrides):
+    import shutil
+    common = ["--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"), "--quiet"]
+    assert main(["train", "sudoku", *tiny_overrides, "train.steps=2", "--name", "orig", *common]) == 0
+    original = (tmp_path / "runs" / "orig" / "summary.json").read_text()
+    shutil.copytree(tmp_path / "runs" / "orig", tmp_path / "elsewhere" / "copy")
+    assert main(["train", str(tmp_path / "elsewhere" / "copy"), "train.steps=3", "--resume", *common]) == 0
+    assert json.loads((tmp_path / "elsewhere" / "copy" / "summary.json").read_text())["steps"] == 3
+    assert (tmp_path / "runs" / "orig" / "summary.json").read_text() == original   # the original is untouched
+    capsys.readouterr()
+
+
+def test_no_ema_evaluates_a_run_whose_ema_file_is_corrupt(capsys, tmp_path, tiny_overrides):
+    common = ["--data-root", str(tmp_path / "data")]
+    assert main(["train", "sudoku", *tiny_overrides, "train.steps=1", "--runs-dir", str(tmp_path / "runs"),
+                 "--quiet", *common]) == 0
+    run = tmp_path / "runs" / "sudoku"
+    next(run.glob("checkpoints/*/ema.safetensors")).write_bytes(b"junk")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--no-ema", "--json", *common]) == 0
+    assert main(["eval", str(run), *common]) == 2   # the EMA weights themselves: a one-line error

@@ -32,6 +32,7 @@ def test_unknown_key_names_close_matches():
     ("train.warmup_steps=-5", "warmup_steps must be >= 0"),
     ("train.grad_clip=-1", "grad_clip must be >= 0"),
     ("train.beta2=1.0", "beta2 must be in"),
+    ("train.lr=nan", "train.lr must be a finite number"),
     ("nonsense", "not key=value"),
 ])
 def test_bad_values_fail_with_one_line(override, message):

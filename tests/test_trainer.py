@@ -206,3 +206,29 @@ def test_epoch_examples_count_an_arc_view_by_its_demo_pairs():
     sudoku_like = PuzzleData(None, {"train": PuzzleSplit(rows, rows, np.zeros(8, np.int32), pairs.astype(np.int32))},
                              {"num_puzzle_ids": 1})
     assert PuzzleTask().epoch_examples(sudoku_like) == pytest.approx(4)  # no ids: one row per view, 4 base puzzles
+
+
+def test_ctrl_c_during_the_final_evaluation_keeps_the_trained_steps(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["train.steps=3"])
+    trainer = Trainer(cfg, tmp_path / "r", data_root=data_root, quiet=True)
+
+    def interrupted_evaluation():
+        raise KeyboardInterrupt
+    trainer.evaluate = interrupted_evaluation
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "r").state["step"] == 3   # saved before the evaluation began
+
+
+def test_resume_with_more_steps_records_them_in_the_run_config(tmp_path, data_root, tiny_overrides):
+    train(load_config("sudoku", tiny_overrides + ["train.steps=2"]), tmp_path / "r", data_root=data_root, quiet=True)
+    train(load_config("sudoku", tiny_overrides + ["train.steps=4"]), tmp_path / "r", data_root=data_root, quiet=True,
+          resume=True)
+    assert load_config(str(tmp_path / "r")).train.steps == 4
+
+
+def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, data_root, tiny_overrides):
+    cfg = load_config("sudoku", tiny_overrides + ["data.source=" + str(tmp_path / "missing.csv")])
+    with pytest.raises(TrmError):
+        Trainer(cfg, tmp_path / "r", data_root=data_root, quiet=True)
+    assert not (tmp_path / "r").exists()

@@ -41,7 +41,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 def load(path: str | Path, use_ema: bool = True, device: str = "cpu"):
     """(model, cfg) from a run directory or checkpoint; the EMA weights by default (the paper evaluates them)."""
-    ckpt = load_checkpoint(path, with_optimizer=False)
+    ckpt = load_checkpoint(path, with_optimizer=False, with_ema=use_ema)
     cfg = from_dict(ckpt.state["config"])
     model = get_task(cfg.task).build_model(cfg)
     weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model

@@ -56,11 +56,20 @@ def train_arguments(p):
     run_options(p)
 
 
+def run_dir_of(args, cfg, default: str = "run") -> Path:
+    """Where a run goes: the run directory given as the preset (to --resume or --overwrite it, wherever it lives),
+    unless --name names a new one; else <runs-dir>/<name>."""
+    given = Path(args.preset)
+    if not args.name and (given / "config.yaml").is_file():
+        return given
+    return Path(args.runs_dir) / (cfg.name or default)
+
+
 def train(args):
     cfg = load_config(args.preset, args.overrides)
     if args.name:
         cfg.name = args.name
-    run_dir = Path(args.runs_dir) / (cfg.name or "run")
+    run_dir = run_dir_of(args, cfg)
     from trmlab.train.trainer import train as run_training
     summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
                            data_root=args.data_root, quiet=args.quiet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ ALIASES = {
     "depth": "model.n_layer",
     "matrix_lr": "train.lr",
 }
+
+
+def _check_finite(obj, section: str):
+    """nan/inf in a float field (train.lr=nan) would train without error and report nan: refuse it here."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrmError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
 def choice(default, choices: tuple, help: str = ""):
@@ -80,6 +89,7 @@ class ModelConfig:
     arch: str = choice("recursive", ("recursive", "gpt"), "gpt: a plain causal stack, no recursion (LM baseline)")
 
     def __post_init__(self):
+        _check_finite(self, "model")
         for name in ("n_embd", "n_layer", "n_head", "n_loops", "T_recursion", "n_sup_train", "n_sup_inference"):
             if getattr(self, name) < 1:
                 raise TrmError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -153,6 +163,7 @@ class TrainConfig:
     logger: str = choice("none", ("none", "wandb", "tensorboard"), "tracker beside metrics.jsonl (optional)")
 
     def __post_init__(self):
+        _check_finite(self, "train")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise TrmError("train.steps must be >= 0 and train.batch_size, train.grad_accum >= 1")
         for name in ("epochs", "time_budget_s", "lr", "embedding_lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",

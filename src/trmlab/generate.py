@@ -201,6 +201,8 @@ def generate(args):
         raise TrmError(f"prompt ({len(prompt)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
                        f"model's context of {cfg.model.seq_len} tokens (model.seq_len)")
     recursive = cfg.model.arch != "gpt"
+    if args.n_sup and not recursive:
+        raise TrmError(f"--n-sup sets the recursive LM's supervision steps; {args.checkpoint} is a plain GPT")
     n_sup = (args.n_sup or cfg.model.n_sup_inference) if recursive else 1
     halt = recursive and cfg.model.halting == "act"
     if device.type == "cuda":

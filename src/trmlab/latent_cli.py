@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from trmlab.config import _apply, load_config, preset_dict
-from trmlab.commands import run_options
+from trmlab.commands import run_dir_of, run_options
 from trmlab.errors import TrmError
 
 
@@ -92,7 +92,7 @@ def _train(args):
     cfg = _config(args, args.overrides)
     if args.name:
         cfg.name = args.name
-    run_dir = Path(args.runs_dir) / (cfg.name or "latent")
+    run_dir = run_dir_of(args, cfg, "latent")
     s = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, data_root=args.data_root, quiet=args.quiet)
     m = s["eval"]
     print(f"{run_dir}: {s['steps']} steps, {s['train_time_s']:.0f} s ({s['s_per_step'] * 1000:.0f} ms/step)")

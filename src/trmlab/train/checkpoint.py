@@ -125,14 +125,14 @@ def _load_safetensors(f: Path) -> dict:
         raise TrmError(f"{f}: corrupt or unreadable checkpoint file ({str(e).splitlines()[0][:120]})") from None
 
 
-def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
+def load_checkpoint(path: str | Path, with_optimizer: bool = True, with_ema: bool = True) -> Checkpoint:
     path = resolve_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise TrmError(f"{path / 'state.json'}: missing or corrupt ({type(e).__name__})") from None
     ckpt = Checkpoint(path, _load_safetensors(path / "model.safetensors"), state)
-    if (path / "ema.safetensors").exists():
+    if with_ema and (path / "ema.safetensors").exists():  # `--no-ema` must work when only the EMA file is bad
         ckpt.ema = _load_safetensors(path / "ema.safetensors")
     if with_optimizer and (path / "optim.safetensors").exists():
         flat = _load_safetensors(path / "optim.safetensors")

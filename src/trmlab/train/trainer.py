@@ -84,10 +84,14 @@ class Trainer:
         self.best_metric = None  # train.keep_best: the best task metric seen at an evaluation so far
         self.last_eval = None    # the metrics of the latest evaluation in this process
         self.interrupted = False  # Ctrl-C seen: stop after this step and save
+        self.saved_step = None    # the step of the latest checkpoint this process wrote
         self.history: list[dict] = []
+        self._make_run_dir()
         self.tracker = make_logger(cfg, self.run_dir, self.dist.is_main)  # wandb/tensorboard, or a no-op
         if resume and latest_checkpoint(self.run_dir) is not None:
             self._restore(latest_checkpoint(self.run_dir))
+            if self.dist.is_main:  # the train section may have changed (more steps): the run's config says so
+                save_config(cfg, self.run_dir / "config.yaml")
         else:
             if resume and (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
                 self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
@@ -112,10 +116,15 @@ class Trainer:
         d = self.run_dir
         if d.exists() and any(d.iterdir()) and not (resume or overwrite):
             raise TrmError(f"run directory {d} already exists; pass --resume to continue it or --overwrite")
+        if self.dist.is_main and overwrite and not resume and d.exists():
+            shutil.rmtree(d)
+        distributed.barrier(self.dist)
+
+    def _make_run_dir(self):
+        """Created once data and model are ready, so a run that fails to start leaves no empty directory behind
+        (which the next attempt would refuse as an existing run)."""
         if self.dist.is_main:
-            if overwrite and not resume and d.exists():
-                shutil.rmtree(d)
-            d.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier(self.dist)
 
     def log_line(self, msg: str):
@@ -152,6 +161,7 @@ class Trainer:
             save_checkpoint(self.run_dir, self.step, model_sd, state, ema_sd, optim_sds, tensors,
                             self.cfg.train.keep_checkpoints)
         distributed.barrier(self.dist)
+        self.saved_step = self.step
 
     def _restore(self, path: Path):
         ckpt = load_checkpoint(path)
@@ -168,7 +178,7 @@ class Trainer:
             distributed.load_full_state_dict(self.ema.model, ckpt.ema)
         for opt, sd in zip(self.optimizers, ckpt.optimizers):
             distributed.load_full_optimizer_state(opt, sd)
-        self.step = int(ckpt.state["step"])
+        self.step = self.saved_step = int(ckpt.state["step"])
         self.train_time = float(ckpt.state.get("train_time", 0.0))
         self.nonfinite = int(ckpt.state.get("nonfinite", 0))
         self.best_metric = ckpt.state.get("best_metric")
@@ -380,10 +390,13 @@ class Trainer:
             self.tracker.close()
             raise KeyboardInterrupt
         self.tracker.close()
+        if self.saved_step != self.step:  # before the final evaluation, so a Ctrl-C during it loses no training
+            self.save()
         last_eval = self.last_eval
         if last_eval is None or (t.eval_interval and self.step % t.eval_interval):
             last_eval = self.evaluate()
-        self.save()
+            if t.keep_best:  # the evaluation may have moved best_metric, which the checkpoint carries
+                self.save()
         return self.write_summary(last_eval)
 
     def _loop(self, bar):
