@@ -152,7 +152,10 @@ def fit_pca_compressor(states: torch.Tensor, d_compressed: int):
 
 def checkpoint_compressor(cfg: LatentDataConfig, d_model: int, layer: int, log=print):
     """A phase-1 checkpoint, checked against the LLM's hidden size and data.d_compressed."""
-    from trmlab.models.compressor import load_compressor_checkpoint
+    from trmlab.models.compressor import checkpoint_paths, load_compressor_checkpoint
+    if not checkpoint_paths(cfg.compressor)[0].exists():  # say how to get one, not only that it is missing
+        raise TrmError(f"no phase-1 compressor at {cfg.compressor}: train it with `trm compress --model {cfg.llm} "
+                       f"--layer {layer} ...` (docs/compressor.md), or set data.compressor=pca")
     comp, meta, _ = load_compressor_checkpoint(cfg.compressor)
     if comp.d_model != d_model:
         raise TrmError(f"compressor {cfg.compressor} maps D={comp.d_model}, but LLM {cfg.llm} has hidden size "
