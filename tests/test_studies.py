@@ -56,6 +56,30 @@ def test_selection_by_name_prefix_glob():
     assert ids(["baseline"]) == ["baseline"]
     chosen, unmatched = specs.select(["exp01a", "nope"])
     assert [e.id for _, e in chosen] == ["exp01a"] and unmatched == ["nope"]
+    # an exact id selects only itself, although it is also a prefix of another id (exp04a_1000)
+    assert ids(["exp04a_100"]) == ["exp04a_100"] and ids(["exp04b_0010"]) == ["exp04b_0010"]
+    assert ids(["exp04a_10"]) == ["exp04a_100", "exp04a_1000"]  # not an id: still a prefix
+    assert len(ids(["exp04a"])) == 6 and len(ids(["data_scaling"])) == 11
+
+
+def test_study_cli_exact_id_runs_one_experiment(tmp_path, capsys):
+    rc, out = _trm(capsys, "study", "run", "exp04a_100", "--scale", "tiny", "--base", "sudoku", "--dry-run",
+                   "--runs-dir", str(tmp_path / "runs"))
+    assert rc == 0 and out.count("trmlab.cli train") == 1 and "--name exp04a_100 " in out
+
+
+def test_experiments_that_do_not_apply_to_the_base_fail_up_front(tmp_path, capsys):
+    with pytest.raises(TrmError, match=r"exp04a_100.*data\.subsample_size.*task 'maze'") as e:
+        specs.check_applies(specs.select(["data_scaling"])[0], "maze")
+    assert "\n" not in str(e.value) and "exp04b" not in str(e.value)  # maze has num_aug: exp04b is not named
+    with pytest.raises(TrmError, match=r"data\.n_train.*task 'lm'"):
+        specs.check_applies(specs.select(["exp04a_250"])[0], "lm-tiny")
+    specs.check_applies(specs.select(["data_scaling", "exp10"])[0], "sudoku")  # same task: applies
+    specs.check_applies(specs.select(["exp10"])[0], "maze")  # train.* keys exist on every task
+    runs = tmp_path / "runs"
+    rc, out = _trm(capsys, "study", "run", "data_scaling", "--scale", "tiny", "--base", "maze",
+                   "--runs-dir", str(runs), "--data-root", str(tmp_path / "data"))
+    assert rc == 2 and "do not apply to maze" in out and "trmlab.cli train" not in out and not runs.exists()
 
 
 def test_every_experiment_is_a_valid_config_at_both_scales():
@@ -83,6 +107,13 @@ def test_relative_overrides_and_tiny_keep_the_ratios():
     data = [load_config("sudoku-paper", specs.resolve(e, scale="tiny")).data.n_train
             for e in specs.get_study("data_scaling").experiments[:6]]
     assert data == [max(16, n // 10) for n in (100, 250, 500, 1000, 2000, 5000)]
+    # exp04b's augmentations keep their 10:100:500:1000:2000 ratios (none rounds down to 0) on both bases
+    for base in ("sudoku-paper", "sudoku"):
+        augs = [load_config(base, specs.resolve(e, base, "tiny")).data.num_aug
+                for e in specs.get_study("data_scaling").experiments[6:]]
+        assert augs[0] >= 1 and [a / augs[0] for a in augs] == [1, 10, 50, 100, 200]
+    assert specs.tiny_overrides(load_config("sudoku", ["data.num_aug=3"]).to_dict(),
+                                specs.base_dict("sudoku"))[-1] == "data.num_aug=1"
 
 
 def test_bad_override_and_bad_relative_value_fail_in_one_line(tmp_path):
@@ -122,6 +153,10 @@ def test_pareto_front_on_a_known_set():
     pts = [(1, 0.2), (2, 0.6), (3, 0.5), (4, 0.8), (5, 0.6), (6, 0.9), (0.5, 0.1)]
     front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
     assert [pts[i] for i in front] == [(0.5, 0.1), (1, 0.2), (2, 0.6), (4, 0.8), (6, 0.9)]
+    # a loss: lower is better, so only runs no cheaper run beats on lower loss are on the front
+    loss = [(1, 5.0), (2, 4.0), (3, 4.5), (4, 3.0), (5, 3.0)]
+    front = pareto_front([p[0] for p in loss], [p[1] for p in loss], lower_is_better=True)
+    assert [loss[i] for i in front] == [(1, 5.0), (2, 4.0), (4, 3.0)]
 
 
 def _fake_run(d: Path, n_embd: int, acc: float, summary=True):
@@ -159,7 +194,8 @@ def test_results_and_report_tolerate_corrupt_and_partial_runs(tmp_path):
     from trmlab.studies.report import compute_fits, render_markdown, Report
     fits = compute_fits(df[df.status == "done"])
     md = render_markdown(Report(tmp_path, df, problems, fits), {"title": "model size"}, root)
-    assert "| partial | interrupted" in md and "Adaptive halting" in md and "acc vs params" in md
+    assert "| partial | interrupted" in md and "Adaptive halting" in md and "exact_acc vs params" in md
+    assert "Best run by exact_acc (higher is better): r3 (0.5)" in md
     assert "summary.json is corrupt" in md and set(fits) == {"params"}
 
 
@@ -220,7 +256,34 @@ def _trm(capsys, *args):
     from trmlab.cli import main
     capsys.readouterr()
     rc = main(list(args))
-    return rc, capsys.readouterr().out
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_report_ranks_a_loss_lower_is_better(tmp_path):
+    # Two LM runs: the cheaper one has the lower val_loss, so it alone is best and on the frontier.
+    root = tmp_path / "lmdepth"
+    for exp_id, n_loops, loss in (("lmdepth_01", 1, 4.0), ("lmdepth_02", 2, 5.0)):
+        d = root / exp_id
+        d.mkdir(parents=True)
+        cfg = load_config("lm-tiny", [f"model.n_loops={n_loops}"]).to_dict()
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": loss + 1 / s}) + "\n"
+                                                 for s in range(1, 4)))
+        (d / "summary.json").write_text(json.dumps({"steps": 3, "train_time_s": 1.0, "params": 1000,
+                                                    "params_without_puzzle_emb": 1000, "metric": "val_loss",
+                                                    "eval": {"val_loss": loss}}))
+    from trmlab.studies.report import best_run, build_report
+    rep = build_report(root)
+    done = rep.table.set_index("exp_id")
+    assert done["lower_is_better"].all() and done.loc["lmdepth_02", "score"] == 5.0
+    assert best_run(rep.table)["exp_id"] == "lmdepth_01"
+    pareto = next(f for f in rep.figures if f.name == "pareto_train_flops")
+    assert pareto.caption == "On the frontier (val_loss, lower is better): lmdepth_01."
+    md = (root / "report" / "report.md").read_text()
+    assert "Best run by val_loss (lower is better): lmdepth_01" in md and "| val_loss |" in md
+    assert "## val_loss vs training FLOPs" in md  # the loss is named as such, never called accuracy
+    assert [ln for ln in md.lower().splitlines() if "accuracy" in ln and "supervision steps" not in ln] == []
 
 
 def test_study_list_run_kill_resume_report(tmp_path, capsys, monkeypatch):

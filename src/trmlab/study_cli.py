@@ -119,6 +119,7 @@ def _run(args):
     from trmlab.studies.runner import execute, plan, write_study_info
     patterns, extra = _split(args.patterns)
     selection, by_name = _select(patterns)
+    specs.check_applies(selection, args.base)
     root = runs_dir(args)
     plans = plan(selection, root, args.scale, args.base, extra, args.resume, args.data_root)
     if not args.dry_run:
@@ -133,6 +134,7 @@ def _run(args):
 
 def _export(args):
     selection, _ = _select(args.patterns)
+    specs.check_applies(selection, args.base)
     out = Path(args.out)
     (out / "experiments").mkdir(parents=True, exist_ok=True)
     n = 0
@@ -169,8 +171,10 @@ def _report(args):
         print(p)
     done = int((rep.table["status"] == "done").sum()) if len(rep.table) else 0
     print(f"{len(rep.table)} runs ({done} done) -> {rep.out_dir}/report.md, report.html, results.csv")
-    for x, per_metric in rep.fits.items():
-        for metric, fit in per_metric.items():
-            print(f"fit acc vs {x} ({metric}): {fit.describe()}")
+    from trmlab.studies.report import _best_line, _fit_lines
+    if _best_line(rep):
+        print(_best_line(rep))
+    for line in _fit_lines(rep):
+        print(f"fit {line}")
     for f in rep.figures:
         print(f"  {f.path}" if f.path else f"  ({f.name} skipped: {f.skipped})")

@@ -32,10 +32,10 @@ class PowerLawFit:
     def predict(self, x):
         return self.a - self.b * np.asarray(x, dtype=float) ** (-self.c)
 
-    def describe(self) -> str:
+    def describe(self, y: str = "y") -> str:
         if not self.meaningful:
             return f"not meaningful: {self.verdict}"
-        return (f"acc = {self.a:.4g} ± {self.a_err:.2g} - {self.b:.4g} ± {self.b_err:.2g} · x^(-{self.c:.3g} ± "
+        return (f"{y} = {self.a:.4g} ± {self.a_err:.2g} - {self.b:.4g} ± {self.b_err:.2g} · x^(-{self.c:.3g} ± "
                 f"{self.c_err:.2g}),  R² = {self.r2:.3f}, n = {self.n}")
 
 
@@ -56,7 +56,7 @@ def fit_power_law(x, y) -> PowerLawFit:
         out.verdict = "x takes fewer than 3 distinct values"
         return out
     if np.ptp(y) < 1e-9:
-        out.verdict = f"accuracy is the same ({y[0]:.4g}) at every x: nothing to fit"
+        out.verdict = f"the metric is the same ({y[0]:.4g}) at every x: nothing to fit"
         return out
     # Fit on x / x0 so the exponent is well conditioned; b is mapped back to the original x afterwards.
     x0 = float(np.min(x))

@@ -1,5 +1,8 @@
-"""Study plots (matplotlib, Agg): accuracy against params, data, recursion, effective depth, FLOPs and wall time,
-Pareto frontiers, training curves overlaid, and accuracy vs supervision steps used with ACT halting.
+"""Study plots (matplotlib, Agg): the headline metric against params, data, recursion, effective depth, FLOPs and
+wall time, Pareto frontiers, training curves overlaid, and accuracy vs supervision steps used with ACT halting.
+
+The headline metric is the results' ``score`` column, named by its ``metric`` (exact_acc, val_loss, ...) and ranked
+in its ``lower_is_better`` direction: a val_loss frontier keeps the runs no cheaper run beats on *lower* loss.
 
 Every function takes the results table (done runs) and a folder, writes one PNG and returns a `Figure` record;
 a plot whose x does not vary across the runs is skipped with the reason, never drawn as a single dot.
@@ -37,9 +40,14 @@ LABELS = {"params": "parameters (without puzzle-id table)", "train_examples": "t
 LOG_X = {"params", "train_examples", "train_flops", "train_time_s", "effective_depth"}
 
 
-def pareto_front(x, y) -> list[int]:
-    """Indices of the points no other point beats on both lower x and higher y, in increasing x."""
+def pareto_front(x, y, lower_is_better: bool = False) -> list[int]:
+    """Indices of the points no other point beats on both lower x and better y, in increasing x.
+
+    Better is higher y, or lower y with ``lower_is_better`` (a loss).
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if lower_is_better:
+        y = -y
     order = sorted(range(len(x)), key=lambda i: (x[i], -y[i]))
     front, best = [], -np.inf
     for i in order:
@@ -47,6 +55,20 @@ def pareto_front(x, y) -> list[int]:
             front.append(i)
             best = y[i]
     return front
+
+
+def metric_name(df: pd.DataFrame) -> str:
+    """The headline metric's name (``score`` when the runs disagree or do not say)."""
+    names = df["metric"].dropna().astype(str).unique() if "metric" in df else []
+    return names[0] if len(names) == 1 else "score"
+
+
+def lower_is_better(df: pd.DataFrame) -> bool:
+    return bool("lower_is_better" in df and df["lower_is_better"].fillna(False).astype(bool).any())
+
+
+def direction(df: pd.DataFrame) -> str:
+    return "lower is better" if lower_is_better(df) else "higher is better"
 
 
 def secondary_metric(df: pd.DataFrame) -> str | None:
@@ -74,10 +96,11 @@ def accuracy_vs(df: pd.DataFrame, x: str, out_dir: Path, fits: dict[str, PowerLa
                 name: str = "") -> Figure:
     """Headline metric (and the secondary accuracy) against column ``x``; numeric or categorical x."""
     name = name or f"acc_vs_{x.replace('.', '_')}"
-    title = f"accuracy vs {LABELS.get(x, x)}"
+    metric = metric_name(df)
+    title = f"{metric} vs {LABELS.get(x, x)}"
     if x not in df or df[x].notna().sum() == 0:
         return Figure(name, title, skipped=f"no '{x}' column in the results")
-    d = df[df[x].notna() & df["acc"].notna()]
+    d = df[df[x].notna() & df["score"].notna()]
     if d[x].nunique() < 2:
         return Figure(name, title, skipped=f"'{x}' takes one value across the runs")
     numeric = pd.api.types.is_numeric_dtype(d[x]) and not pd.api.types.is_bool_dtype(d[x])
@@ -88,24 +111,24 @@ def accuracy_vs(df: pd.DataFrame, x: str, out_dir: Path, fits: dict[str, PowerLa
         cats = list(dict.fromkeys(d[x].astype(str)))
         xs = np.array([cats.index(v) for v in d[x].astype(str)], dtype=float)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    metric = str(d["metric"].iloc[0]) if "metric" in d else "acc"
-    ax.plot(xs, d["acc"], "o-" if numeric else "o", label=metric)
+    ax.plot(xs, d["score"], "o-" if numeric else "o", label=metric)
     second = secondary_metric(d)
     if second and second != metric:
         ax.plot(xs, d[second], "s--" if numeric else "s", alpha=0.7, label=second)
-    _annotate(ax, xs, d["acc"], d["exp_id"])
+    _annotate(ax, xs, d["score"], d["exp_id"])
     caption = ""
     for col, fit in (fits or {}).items():
         if fit.meaningful:
             grid = np.geomspace(xs.min(), xs.max(), 100)
-            ax.plot(grid, fit.predict(grid), ":", color="k" if col == "acc" else "gray", label=f"fit ({col})")
-        caption += f"{col}: {fit.describe()}. "
+            ax.plot(grid, fit.predict(grid), ":", color="k" if col == "score" else "gray",
+                    label=f"fit ({metric if col == 'score' else col})")
+        caption += f"{metric if col == 'score' else col}: {fit.describe()}. "
     if numeric and x in LOG_X and xs.min() > 0:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(range(len(cats)), cats)
     ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel("accuracy on held-out puzzles")
+    ax.set_ylabel(f"held-out {metric} ({direction(d)})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -113,27 +136,28 @@ def accuracy_vs(df: pd.DataFrame, x: str, out_dir: Path, fits: dict[str, PowerLa
 
 
 def pareto(df: pd.DataFrame, x: str, out_dir: Path) -> Figure:
-    name, title = f"pareto_{x}", f"Pareto frontier: accuracy vs {LABELS.get(x, x)}"
-    d = df[df[x].notna() & df["acc"].notna()] if x in df else df.iloc[:0]
+    name, title = f"pareto_{x}", f"Pareto frontier: {metric_name(df)} vs {LABELS.get(x, x)}"
+    d = df[df[x].notna() & df["score"].notna()] if x in df and "score" in df else df.iloc[:0]
     if len(d) < 2 or d[x].nunique() < 2:
         return Figure(name, title, skipped=f"fewer than two runs with distinct '{x}'")
-    metric = "acc"
-    if d["acc"].nunique() < 2 and secondary_metric(d):  # every run ties on the headline: rank by the finer one
-        metric = secondary_metric(d)
-    xs, ys = d[x].astype(float).to_numpy(), d[metric].astype(float).to_numpy()
-    front = pareto_front(xs, ys)
+    col, metric, lower = "score", metric_name(d), lower_is_better(d)
+    if d["score"].nunique() < 2 and secondary_metric(d):  # every run ties on the headline: rank by the finer one
+        col = metric = secondary_metric(d)
+        lower = False  # fill_acc / cell_acc
+    xs, ys = d[x].astype(float).to_numpy(), d[col].astype(float).to_numpy()
+    front = pareto_front(xs, ys, lower)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.scatter(xs, ys, color="tab:gray", label="runs")
     ax.step(xs[front], ys[front], "o-", where="post", color="tab:red", label="frontier")
     _annotate(ax, xs, ys, d["exp_id"])
     ax.set_xscale("log")
     ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel(metric if metric != "acc" else str(d["metric"].iloc[0]))
+    ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ids = ", ".join(d["exp_id"].iloc[front])
-    return Figure(name, title, _save(fig, out_dir, name), f"On the frontier ({metric}): {ids}.")
+    return Figure(name, title, _save(fig, out_dir, name), f"On the frontier ({metric}, {'lower' if lower else 'higher'} is better): {ids}.")
 
 
 def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from trmlab.studies.fits import PowerLawFit, fit_power_law
-from trmlab.studies.plots import Figure, secondary_metric, study_figures
+from trmlab.studies.plots import Figure, direction, lower_is_better, metric_name, secondary_metric, study_figures
 from trmlab.studies.results import curves, gather, write_table
 
-FIT_COLUMNS = ("params", "train_examples")  # the seed's two laws: accuracy vs model size and vs data size
+FIT_COLUMNS = ("params", "train_examples")  # the seed's two laws: the metric vs model size and vs data size
 
 
 @dataclass
@@ -45,7 +45,7 @@ def compute_fits(done: pd.DataFrame) -> dict[str, dict[str, PowerLawFit]]:
     second = secondary_metric(done)
     for x in FIT_COLUMNS:
         if x in done and done[x].nunique() >= 2:
-            fits[x] = {m: fit_power_law(done[x], done[m]) for m in ("acc", second) if m and m in done}
+            fits[x] = {m: fit_power_law(done[x], done[m]) for m in ("score", second) if m and m in done}
     return fits
 
 
@@ -53,7 +53,7 @@ def run_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table of every run shown in the report (the CSV has every column)."""
     second = secondary_metric(df)
     cols = ["exp_id", "status", *_varying(df), "params", "effective_depth", "steps", "train_time_s", "s_per_step",
-            "acc", second, "exact_acc_act", "mean_steps_act", "compute_saved_act", "train_flops", "error"]
+            "score", second, "exact_acc_act", "mean_steps_act", "compute_saved_act", "train_flops", "error"]
     cols = [c for i, c in enumerate(cols) if c and c in df and c not in cols[:i]]
     t = df[cols].copy()
     if "train_flops" in t:
@@ -62,7 +62,27 @@ def run_table(df: pd.DataFrame) -> pd.DataFrame:
         if pd.api.types.is_float_dtype(t[c]):
             t[c] = t[c].map(lambda v: "" if pd.isna(v) else (f"{v:.3g}" if abs(v) >= 1e4
                                                                   else f"{v:.4f}".rstrip("0").rstrip(".")))
+    if "score" in t:  # name the headline column by its metric (exact_acc, val_loss) when every run shares it
+        name = metric_name(df)
+        t = t.rename(columns={"score": name if name not in t.columns else "score"})
     return t.fillna("")
+
+
+def best_run(done: pd.DataFrame) -> pd.Series | None:
+    """The done run with the best headline metric, in the metric's direction (lowest val_loss, highest exact_acc)."""
+    d = done[done["score"].notna()] if "score" in done else done.iloc[:0]
+    if not len(d) or metric_name(d) == "score":  # no metric, or runs scored on different metrics: no ranking
+        return None
+    scores = d["score"].astype(float)
+    return d.loc[scores.idxmin() if lower_is_better(d) else scores.idxmax()]
+
+
+def _best_line(rep) -> str:
+    done = rep.table[rep.table["status"] == "done"] if len(rep.table) else rep.table
+    best = best_run(done)
+    if best is None:
+        return ""
+    return f"Best run by {metric_name(done)} ({direction(done)}): {best['exp_id']} ({float(best['score']):.4g})."
 
 
 def halting_table(done: pd.DataFrame) -> pd.DataFrame:
@@ -107,9 +127,11 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> Report:
 
 def _fit_lines(rep: Report) -> list[str]:
     lines = []
+    done = rep.table[rep.table["status"] == "done"] if len(rep.table) else rep.table
     for x, per_metric in rep.fits.items():
-        for metric, fit in per_metric.items():
-            lines.append(f"acc vs {x} ({metric}): {fit.describe()}")
+        for col, fit in per_metric.items():
+            y = metric_name(done) if col == "score" else col
+            lines.append(f"{y} vs {x}: {fit.describe(y)}")
     return lines
 
 
@@ -118,7 +140,7 @@ def _intro(rep: Report, info: dict, root: Path) -> list[str]:
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     return [f"Runs under `{root}`: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none") + ".",
             f"Base preset `{info.get('base', '?')}`, scale `{info.get('scale', '?')}`." if info else "",
-            f"Machine: {_machine()}.",
+            f"Machine: {_machine()}.", _best_line(rep),
             "FLOPs are estimates from parameters and recursion depth (see `trmlab/studies/results.py`)."]
 
 
@@ -133,7 +155,7 @@ def render_markdown(rep: Report, info: dict, root: Path) -> str:
     if len(rep.table):
         out += ["## Runs", "", _md_table(run_table(rep.table)), ""]
     if rep.fits:
-        out += ["## Scaling-law fits: acc = a - b * x^(-c)", ""] + [f"- {ln}" for ln in _fit_lines(rep)] + [""]
+        out += ["## Scaling-law fits: y = a - b * x^(-c)", ""] + [f"- {ln}" for ln in _fit_lines(rep)] + [""]
     ht = halting_table(rep.table[rep.table["status"] == "done"]) if len(rep.table) else pd.DataFrame()
     if len(ht):
         out += ["## Adaptive halting at inference", "",
@@ -173,7 +195,7 @@ def render_html(rep: Report, info: dict, root: Path) -> str:
     if len(rep.table):
         parts += ["<h2>Runs</h2>", run_table(rep.table).to_html(index=False, escape=True)]
     if rep.fits:
-        parts.append("<h2>Scaling-law fits: acc = a - b &middot; x<sup>-c</sup></h2><ul>"
+        parts.append("<h2>Scaling-law fits: y = a - b &middot; x<sup>-c</sup></h2><ul>"
                      + "".join(f"<li>{esc(ln)}</li>" for ln in _fit_lines(rep)) + "</ul>")
     ht = halting_table(rep.table[rep.table["status"] == "done"]) if len(rep.table) else pd.DataFrame()
     if len(ht):

@@ -1,5 +1,7 @@
 """Every run under a directory as one table (CSV and parquet): its config, summary, final training record, and
 derived compute. Analysis is a pure function of run directories; a corrupt or partial run is reported and skipped.
+``score`` is each run's headline metric (its summary's ``metric``: exact_acc for puzzles, val_loss for LM) and
+``lower_is_better`` its direction, which every ranking (Pareto fronts, best run) follows.
 
 FLOPs are estimated, not measured. With P = parameters without the puzzle-id table (all counted as if they were
 the core's matmuls, which slightly overcounts the embedding and head), a token passes the core T x (n+1) times per
@@ -84,6 +86,22 @@ def _data_size(row: dict) -> dict:
     return {"train_puzzles": puzzles, "train_examples": puzzles * (1 + (row.get("data.num_aug") or 0))}
 
 
+def lower_is_better(metric: str, task: str | None, summary: dict | None = None) -> bool:
+    """The headline metric's direction: the summary's word if it has one, else the task's (LM: val_loss, lower)."""
+    if summary and "lower_is_better" in summary:
+        return bool(summary["lower_is_better"])
+    if task:
+        from trmlab.errors import TrmError
+        from trmlab.tasks import get_task
+        try:
+            t = get_task(task)
+            if getattr(t, "metric", None) == metric:
+                return bool(getattr(t, "lower_is_better", False))
+        except TrmError:
+            pass
+    return metric.endswith(("loss", "ppl", "perplexity", "bpb", "bpc"))
+
+
 def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
     """One row for ``run_dir`` and the problems found in it."""
     problems = []
@@ -114,7 +132,9 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
             row.update({k: v for k, v in s.items() if not isinstance(v, (dict, list))})
             row.update({k: v for k, v in ev.items() if not isinstance(v, (dict, list))})
             row.update({k: json.dumps(v) for k, v in ev.items() if isinstance(v, list)})
-            row["acc"] = ev.get(s.get("metric", "exact_acc"))
+            row["metric"] = s.get("metric", "exact_acc")
+            row["score"] = ev.get(row["metric"])
+            row["lower_is_better"] = lower_is_better(row["metric"], row.get("task"), s)
             status = "done"
         except (OSError, ValueError, AttributeError):
             problems.append(f"{row['run']}: summary.json is corrupt; run skipped")
@@ -146,7 +166,7 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         problems += probs
     df = pd.DataFrame(rows)
     if len(df):
-        front = [c for c in ("study", "exp_id", "status", "acc", "metric", "params", "effective_depth", "steps",
+        front = [c for c in ("study", "exp_id", "status", "score", "metric", "lower_is_better", "params", "effective_depth", "steps",
                              "train_time_s") if c in df]
         df = df[front + [c for c in df.columns if c not in front]]
     return df, problems

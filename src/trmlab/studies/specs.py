@@ -2,9 +2,10 @@
 
 12 studies, 67 experiments, ids as the seed names them (exp01a, exp02a_01, ..., contrib02_adaptive), around the
 baseline that replicates the paper (preset ``sudoku-paper``). Override values may be relative to the base:
-``train.lr=*0.3`` multiplies the base's value, so a study keeps its meaning on another base preset
-(``trm study run exp10 --base sudoku``). `resolve` turns an experiment into concrete overrides, and ``--scale tiny``
-appends `tiny_overrides`, which shrink every experiment the same way so a whole study runs on a CPU in minutes.
+``train.lr=*0.3`` multiplies the base's value, so a study keeps its meaning on another base preset of the same task
+(``trm study run exp10 --base sudoku``); `check_applies` stops a run whose experiments set keys the base's task lacks.
+`resolve` turns an experiment into concrete overrides, and ``--scale tiny`` appends `tiny_overrides`, which shrink
+every experiment the same way so a whole study runs on a CPU in minutes.
 """
 
 from __future__ import annotations
@@ -143,8 +144,12 @@ def select(patterns: list[str], studies: list[Study] | None = None) -> tuple[lis
                                        if studies is STUDIES else [])
     chosen, unmatched = [], []
     for pat in patterns:
-        hits = [(s, e) for s, e in pool if pat == s.name or pat == e.id or
-                (fnmatch.fnmatchcase(e.id, pat) if any(c in pat for c in "*?[") else e.id.startswith(pat))]
+        # An exact study name or id selects just that; only a pattern that is neither is a prefix (exp04a_100 is not
+        # a prefix of exp04a_1000 here) or a glob.
+        hits = [(s, e) for s, e in pool if pat == s.name or pat == e.id]
+        if not hits:
+            hits = [(s, e) for s, e in pool
+                    if (fnmatch.fnmatchcase(e.id, pat) if any(c in pat for c in "*?[") else e.id.startswith(pat))]
         if not hits:
             unmatched.append(pat)
         chosen += [h for h in hits if h not in chosen]
@@ -213,7 +218,7 @@ TINY_STEPS = 120
 TINY_BATCH = 16
 TINY_WIDTH_DIV = 8
 TINY_DATA_DIV = 10       # training puzzles
-TINY_AUG_DIV = 100       # augmentations per puzzle
+TINY_AUG_DIV = 10        # augmentations per puzzle (exp04b's 10:100:500:1000:2000 stay exact)
 TINY_EVAL = 100          # held-out puzzles
 
 
@@ -242,8 +247,49 @@ def tiny_overrides(cfg: dict, base: dict) -> list[str]:
         out += ["data.source=generate", f"data.n_train={max(16, puzzles // TINY_DATA_DIV)}",
                 f"data.subsample_size={data.get('subsample_size', 0) // TINY_DATA_DIV}",
                 f"data.n_test={min(data.get('n_test') or TINY_EVAL, TINY_EVAL)}",
-                f"data.num_aug={data.get('num_aug', 0) // TINY_AUG_DIV}"]
+                f"data.num_aug={_tiny_aug(data.get('num_aug') or 0)}"]
     return out
+
+
+def _tiny_aug(n: int) -> int:
+    """Augmentations per puzzle at tiny scale: ÷ TINY_AUG_DIV, but never 0 where the experiment asked for some."""
+    return max(1, n // TINY_AUG_DIV) if n > 0 else 0
+
+
+def missing_keys(exp: Experiment, base: str) -> list[str]:
+    """The keys ``exp`` sets that the base preset's task has no config entry for (e.g. data.subsample_size on maze)."""
+    d, out = base_dict(base), []
+    for item in exp.overrides:
+        key = item.partition("=")[0]
+        try:
+            _get(d, _resolve_key(key, d)[0])
+        except (KeyError, TypeError, TrmError):
+            out.append(key)
+    return out
+
+
+def check_applies(selection: list[tuple[Study, Experiment]], base: str):
+    """TrmError (one line) when experiments set keys that exist on their own base but not on ``base``'s task.
+
+    Such an experiment has no meaning there (data.subsample_size on a maze, data.n_train on a language model), so
+    the whole run stops before anything starts rather than running half a study.
+    """
+    if not base:
+        return
+    bad: dict[tuple[str, ...], list[str]] = {}
+    for study, exp in selection:
+        if study.base == base:
+            continue
+        keys = tuple(k for k in missing_keys(exp, base) if k not in missing_keys(exp, study.base))
+        if keys:
+            bad.setdefault(keys, []).append(exp.id)
+    if bad:
+        task = base_dict(base).get("task", "?")
+        one = sum(map(len, bad.values())) == 1
+        parts = [f"{', '.join(ids)} set{'s' if len(ids) == 1 else ''} {', '.join(keys)}" for keys, ids in bad.items()]
+        raise TrmError(f"{'; '.join(parts)}, which task '{task}' (base {base}) has no config key for: "
+                       f"{'this experiment does' if one else 'these experiments do'} not apply to {task}; "
+                       f"leave {'it' if one else 'them'} out")
 
 
 def resolve(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = ()) -> list[str]:
