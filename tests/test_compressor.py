@@ -431,3 +431,77 @@ def test_two_processes_equal_one_with_the_same_global_batch(stage1a_dir, tmp_pat
     m1 = json.loads((one / "stage1a_final.json").read_text())["metrics"]
     m2 = json.loads((two / "stage1a_final.json").read_text())["metrics"]
     assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-4) and m1["num_tokens"] == m2["num_tokens"]
+
+
+def test_truncated_compressor_checkpoint_is_a_one_line_error(stage1a_dir, tmp_path, capsys):
+    out = tmp_path / "cut"
+    out.mkdir()
+    for ext in (".safetensors", ".json"):
+        (out / f"stage1a_final{ext}").write_bytes((stage1a_dir / f"stage1a_final{ext}").read_bytes())
+    final = out / "stage1a_final.safetensors"
+    final.write_bytes(final.read_bytes()[:50])
+    with pytest.raises(TrmError, match="stage1a_final.safetensors: corrupt or unreadable compressor checkpoint"):
+        load_compressor_checkpoint(out / "stage1a_final")
+    assert compress.main([*TINY, "--output_dir", str(out), "--stage", "1b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "stage1a_final.safetensors: corrupt" in err and "\n" not in err
+    assert not list(out.glob("stage1b_*"))
+
+
+def _tensors(path: Path) -> dict:
+    """A shard's tensors as plain lists: its bytes are not comparable (safetensors writes metadata in hash order),
+    and the mmap behind load_file must not outlive the file being cut short."""
+    from safetensors.torch import load_file
+    return {k: v.tolist() for k, v in load_file(str(path)).items()}
+
+
+def test_truncated_hidden_state_shard_is_reported_and_re_extracted(tiny_lm, tmp_path):
+    src = HFHiddenStateSource.from_pretrained(str(tiny_lm), max_seq_length=16, device="cpu")
+    texts = generate_cot_corpus(20, seed=0)
+    out = tmp_path / "cache"
+    kw = dict(layer=-1, batch_size=4, shard_size=8, dtype="fp32", num_samples=20, progress=False)
+    extract_hidden_states(src, texts, out, **kw)
+    shard = out / "shard_00001.safetensors"
+    good = _tensors(shard)
+    shard.write_bytes(shard.read_bytes()[:100])
+    cache = HiddenStateCache(out)
+    cache.get([0])                                                       # the intact shard still reads
+    with pytest.raises(TrmError, match=r"shard_00001.safetensors: corrupt hidden-state shard.*rerun") as e:
+        cache.get([8])
+    assert "\n" not in str(e.value) and not read_manifest(out)["complete"]
+    again = extract_hidden_states(src, texts, out, **kw)
+    assert again["computed"] == [1] and again["skipped"] == [0, 2] and _tensors(shard) == good
+    # cut short while the manifest says complete: the rerun finds it without reading any data
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert extract_hidden_states(src, texts, out, **kw)["computed"] == [1] and _tensors(shard) == good
+    assert HiddenStateCache(out).get([8])[0].shape[0] == 1
+
+
+def test_cli_re_extracts_a_truncated_shard_and_keeps_only_the_latest_step_checkpoints(stage1a_dir, tmp_path,
+                                                                                     capsys):
+    import shutil
+    cache = tmp_path / "hidden_states"
+    shutil.copytree(stage1a_dir / "hidden_states", cache)
+    (shard,) = cache.glob("1a-*/shard_00001.safetensors")
+    good = _tensors(shard)
+    shard.write_bytes(shard.read_bytes()[:100])
+    out = tmp_path / "run"
+    assert compress.main([*TINY, "--output_dir", str(out), "--cache_dir", str(cache), "--save_every", "1",
+                          "--keep_checkpoints", "2"]) == 0
+    assert "[1] of" in capsys.readouterr().out and _tensors(shard) == good
+    steps = sorted(p.name for p in out.glob("stage1a_step*"))             # 10 steps, one save each: two stay
+    assert steps == ["stage1a_step10.json", "stage1a_step10.safetensors",
+                     "stage1a_step9.json", "stage1a_step9.safetensors"]
+    assert load_compressor_checkpoint(out / "stage1a_step9")[2]           # the kept ones still resume
+    assert compress.main([*TINY, "--output_dir", str(tmp_path / "x"), "--keep_checkpoints", "-1"]) == 2
+    assert "--keep_checkpoints must be >= 0" in capsys.readouterr().err
+
+
+def test_non_utf8_text_source_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    out = tmp_path / "run"
+    assert compress.main([*TINY, "--output_dir", str(out), "--text_source", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bad.jsonl:2: not UTF-8" in err and "\n" not in err
+    assert not list(out.glob("stage*"))

@@ -325,3 +325,21 @@ def test_any_local_hf_model_and_chat_templates(tmp_path):
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                          "{% endfor %}<|im_start|>assistant\n<think>\n")
     assert ChatFormat(tok).full(p).count("<think>") == 1 and ChatFormat(tok).full(p).endswith("1+2=3\n</think>\n")
+
+
+def test_non_utf8_problem_file_and_truncated_compressor_are_one_line_errors(tmp_path):
+    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.problems import load_problems
+    from trmlab.models.compressor import DimensionCompressor, save_compressor_checkpoint
+    for name, body in (("p.jsonl", b'{"question": "1+1", "thinking": "ok", "answer": "2"}\n{"question": "\xff"}\n'),
+                       ("p.json", b'[{"question": "\xe9"}]')):
+        f = tmp_path / name
+        f.write_bytes(body)
+        with pytest.raises(TrmError, match=rf"{name}:\d+: not UTF-8"):
+            load_problems(str(f), "train", 0)
+    tensors, _ = save_compressor_checkpoint(tmp_path / "c", DimensionCompressor(128, 16), {})
+    tensors.write_bytes(tensors.read_bytes()[:40])                        # a copy cut short
+    cfg = load_config("latent-tiny", SMALL + [f"data.compressor={tmp_path / 'c'}", "data.d_compressed=16"])
+    with pytest.raises(TrmError, match=r"c.safetensors: corrupt or unreadable compressor checkpoint"):
+        build_latent_pairs(cfg.data, tmp_path / "data")
+    assert not (tmp_path / "data" / "llm").exists()

@@ -427,3 +427,20 @@ def test_info_shows_the_puzzle_table_only_when_there_is_one(capsys):
     assert "without puzzle-embedding table" in _info(capsys, "sudoku", "model.num_puzzle_ids=10",
                                                      "model.puzzle_emb_len=2")
     assert "puzzle" not in _info(capsys, "sudoku", "model.num_puzzle_ids=0")
+
+
+def test_gptconfig_explicit_overrides_win_over_its_fields():
+    g = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=128)
+    cfg = g.to_config("lm-tiny", ["train.improvement_reward_scale=0", "model.n_layer=4", "data.vocab_size=512",
+                                  "n_loops=1"])
+    assert cfg.train.improvement_reward_scale == 0 and cfg.model.n_layer == 4 and cfg.model.n_loops == 1
+    assert cfg.data.vocab_size == 512 and cfg.model.n_embd == 128          # fields nobody overrode still apply
+    assert g.to_config("lm-tiny", ["model.vocab_size=1024"]).model.vocab_size == 1024
+
+
+def test_gptconfig_table_follows_the_tokenizer_like_trm_train():
+    # model.vocab_size=0 is what lets the trainer size the table from the tokenizer the data really builds;
+    # pinning it at 50304 made the docs' lm-A snippet twice the size of `trm train lm-A`
+    cfg = GPTConfig().to_config("lm-A")
+    assert cfg.model.vocab_size == 0 and cfg.data.vocab_size == 50304
+    assert cfg.to_dict() == load_config("lm-A").to_dict()

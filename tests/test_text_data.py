@@ -251,3 +251,26 @@ def test_build_errors(tmp_path):
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(TrmError, match=f"data.{field}"):
         TextDataConfig(**{field: value})
+
+
+def test_non_utf8_sources_are_one_line_errors_naming_file_line_and_offset(tmp_path, capsys):
+    good = "naïve café\n\n"                     # multi-byte UTF-8 before the bad byte: the offset counts bytes
+    txt = tmp_path / "bad.txt"
+    txt.write_bytes(good.encode() + b"second \xe9t\xe9 para\n")
+    offset = len(good.encode()) + len(b"second ")
+    for paragraphs in (False, True):        # never mangled into U+FFFD tokens, in either reading
+        with pytest.raises(TrmError, match=rf"bad.txt:3: not UTF-8 .*byte offset {offset}\b"):
+            list(iter_documents(str(txt), paragraphs=paragraphs))
+    rows = tmp_path / "bad.jsonl"
+    first = json.dumps({"text": "ok ü"}, ensure_ascii=False).encode() + b"\n"
+    rows.write_bytes(first + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(TrmError, match=rf"bad.jsonl:2: not UTF-8 .*byte offset {len(first) + 13}\b"):
+        list(iter_documents(str(rows)))
+    txt.write_bytes(good.encode())
+    assert list(iter_documents(str(txt), paragraphs=True)) == ["naïve café"]
+
+    from trmlab.cli import main
+    rc = main(["train", "lm-tiny", f"data.source={rows}", "--runs-dir", str(tmp_path / "runs"),
+               "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("trm: error:") and "bad.jsonl:2" in err and "\n" not in err

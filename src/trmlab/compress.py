@@ -49,6 +49,7 @@ from trmlab.data.hidden_states import (
     extract_hidden_states,
     finalize_manifest,
     check_hf_path,
+    drop_corrupt_shards,
     find_source_loader,
     hub_reachable,
     iter_texts,
@@ -125,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--eval_fraction", type=float, default=0.05, help="held-out fraction of the samples")
     t.add_argument("--eval_every", type=int, default=500, help="steps between held-out evaluations")
     t.add_argument("--save_every", type=int, default=1000, help="steps between stage<X>_step<N> checkpoints")
+    t.add_argument("--keep_checkpoints", type=int, default=2,
+                   help="keep only the latest N stage<X>_step<N> checkpoints (0 = all), as train.keep_checkpoints")
     t.add_argument("--log_every", type=int, default=50)
     t.add_argument("--weight_decay", type=float, default=0.0)
     t.add_argument("--lr_schedule", choices=["constant", "cosine"], default="cosine")
@@ -221,6 +224,8 @@ def _validate(args) -> list[int]:
         v = getattr(args, name)
         if v is None or int(v) <= 0:
             raise TrmError(f"--{name} must be positive, got {v}")
+    if getattr(args, "keep_checkpoints", 2) < 0:
+        raise TrmError(f"--keep_checkpoints must be >= 0 (0 = keep all), got {args.keep_checkpoints}")
     if args.learning_rate <= 0:
         raise TrmError(f"--learning_rate must be positive, got {args.learning_rate}")
     if not 0 < args.eval_fraction < 1:
@@ -278,6 +283,17 @@ def _stage_checkpoints(out_dir: Path, stage: str) -> list[tuple[int, Path]]:
         if m and js.with_suffix(".safetensors").exists():
             found.append((int(m.group(1)), js.with_suffix("")))
     return sorted(found)
+
+
+def _prune_checkpoints(out_dir: Path, stage: str, keep: int) -> None:
+    """Each step checkpoint carries Adam's two moments (3x the weights): keep the latest ``keep`` (0 = all).
+    The sidecar goes first, so a half-removed checkpoint is never taken for a resumable one."""
+    if keep <= 0:
+        return
+    for _, stem in _stage_checkpoints(out_dir, stage)[:-keep]:
+        tensors, sidecar = checkpoint_paths(stem)
+        sidecar.unlink(missing_ok=True)
+        tensors.unlink(missing_ok=True)
 
 
 def _check_compatible(meta: dict, path, d_model: int, d_compressed: int, what: str) -> None:
@@ -478,6 +494,8 @@ def train_compressor(args, accelerator, cache: HiddenStateCache, train_idx: list
                 extra, m["optimizer"] = _optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer")
                                                            else optimizer)
             save_compressor_checkpoint(out_dir / name, raw, m, extra)
+            if not final:
+                _prune_checkpoints(out_dir, stage, getattr(args, "keep_checkpoints", 2))
         accelerator.wait_for_everyone()
 
     device = accelerator.device
@@ -648,6 +666,10 @@ def train_phase1(args) -> dict:
         cache_config["source"] = probed["fingerprint"]
     cache_root = Path(args.cache_dir) if args.cache_dir else out_root / "hidden_states"
     cache_dir = cache_root / f"{args.stage}-{cache_key(cache_config)}"
+    bad = drop_corrupt_shards(cache_dir) if is_main else []
+    if bad:   # a shard cut short (full disk, killed copy): re-extract those instead of failing mid-training
+        log(f"hidden states: shard(s) {bad[:5]} of {cache_dir} are truncated or missing; re-extracting them")
+    accelerator.wait_for_everyone()
     man = read_manifest(cache_dir)
     cached = man is not None and man.get("complete") and man.get("config") == cache_config
 

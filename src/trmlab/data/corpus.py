@@ -271,8 +271,20 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.endswith(SUFFIXES) or "\\" in source
 
 
+def decode_utf8(data: bytes, path: Path | str, offset: int = 0, lineno: int | None = None) -> str:
+    """Strict UTF-8: replacing bad bytes would make U+FFFD a token and inflate the byte count bits/byte divides
+    by, so a bad file is a one-line error naming it, the line and the byte offset (``offset`` = where ``data``
+    starts in the file)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = lineno if lineno is not None else data.count(b"\n", 0, e.start) + 1
+        raise TrmError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at byte offset {offset + e.start}); "
+                       f"re-encode it, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _read_txt(path: Path, paragraphs: bool) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = decode_utf8(path.read_bytes(), path)
     if not paragraphs:
         yield text
         return
@@ -289,8 +301,11 @@ def _read_txt(path: Path, paragraphs: bool) -> Iterator[str]:
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:   # bytes, so a bad line is reported with its line number and offset
+        offset = 0
+        for lineno, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, offset, lineno)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:

@@ -494,6 +494,37 @@ def _finished_shards(out_dir: Path) -> dict[int, dict]:
     return done
 
 
+def _shard_ok(path: Path) -> bool:
+    """Reads only the header; safetensors refuses a file shorter than its header says, so truncation shows."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+        return True
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def _forget_shards(out_dir: Path, man: dict, bad: list[int]) -> None:
+    """Drop the records of ``bad`` shards and un-finish the manifest: the next extraction recomputes just those
+    (the corrupt files stay until a fresh shard replaces them atomically)."""
+    for i in bad:
+        (out_dir / _record_name(i)).unlink(missing_ok=True)
+    atomic_write_json(out_dir / "manifest.json", dict(man, complete=False))
+
+
+def drop_corrupt_shards(out_dir: str | Path) -> list[int]:
+    """Indices of the missing or truncated shards of a finished cache, forgotten so a rerun re-extracts them."""
+    out_dir = Path(out_dir)
+    man = read_manifest(out_dir)
+    if man is None or not man.get("complete"):
+        return []
+    bad = [i for i, s in enumerate(man["shards"]) if not _shard_ok(out_dir / s["file"])]
+    if bad:
+        _forget_shards(out_dir, man, bad)
+    return bad
+
+
 def _check_config(out_dir: Path, config: dict) -> dict | None:
     man = read_manifest(out_dir)
     if man is not None and man.get("config") != config:
@@ -561,6 +592,8 @@ def extract_hidden_states(
     man = _check_config(out_dir, config)
     if finalize is None:
         finalize = num_processes == 1
+    if man is not None and man.get("complete") and process_index == 0 and drop_corrupt_shards(out_dir):
+        man = read_manifest(out_dir)   # some shard was cut short: recompute it below instead of trusting the cache
     if man is not None and man.get("complete"):
         return {"num_samples": man["num_samples"], "computed": [], "skipped": list(range(len(man["shards"]))),
                 "hidden_size": man["hidden_size"], "manifest": man}
@@ -672,9 +705,16 @@ class HiddenStateCache:
 
     def _shard(self, i: int) -> dict[str, torch.Tensor]:
         if i not in self._loaded:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            self._loaded[i] = load_file(str(self.dir / self.shards[i]["file"]))
+            f = self.dir / self.shards[i]["file"]
+            try:
+                self._loaded[i] = load_file(str(f))
+            except (SafetensorError, OSError, ValueError) as e:
+                _forget_shards(self.dir, self.manifest, [i])
+                raise TrmError(f"{f}: corrupt hidden-state shard ({str(e).splitlines()[0][:100]}); "
+                               f"rerun the same command to re-extract it") from None
             self._order.append(i)
             while len(self._order) > self.keep_shards:
                 self._loaded.pop(self._order.pop(0), None)
@@ -725,6 +765,7 @@ __all__ = [
     "iter_texts",
     "extract_hidden_states",
     "finalize_manifest",
+    "drop_corrupt_shards",
     "read_manifest",
     "hub_reachable",
     "cache_key",

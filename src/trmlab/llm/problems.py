@@ -72,15 +72,31 @@ def synthetic_problems(n: int, seed: int, split: str, min_steps: int = 2, max_st
     return out
 
 
+def _text(path: Path) -> str:
+    """The file as strict UTF-8; a missing or non-UTF-8 file is a one-line error naming it."""
+    from trmlab.data.corpus import decode_utf8
+    try:
+        return decode_utf8(path.read_bytes(), path)
+    except OSError as e:
+        raise TrmError(f"problem source {path}: {e.strerror or e}") from None
+
+
 def _rows(source: str, split: str) -> list[dict]:
     path = Path(source).expanduser()
     if path.suffix == ".jsonl":
-        try:
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise TrmError(f"{path}: not JSON lines ({e.msg} at line {e.lineno})") from None
+        rows = []
+        for lineno, line in enumerate(_text(path).split("\n"), 1):   # \n only, so line numbers match editors
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise TrmError(f"{path}:{lineno}: not JSON lines ({e.msg})") from None
+        return rows
     if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(_text(path))
+        except json.JSONDecodeError as e:
+            raise TrmError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(rows, list):
             raise TrmError(f"{path}: expected a JSON list of records")
         return rows

@@ -362,17 +362,22 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
 def load_compressor_checkpoint(path: str | os.PathLike, map_location="cpu"
                                ) -> tuple[DimensionCompressor, dict, dict[str, torch.Tensor]]:
     """(model, sidecar meta, the other tensors stored with it, e.g. optimizer state)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     meta = read_checkpoint_meta(path)
     cfg = meta["config"]
     model = DimensionCompressor(cfg["d_model"], cfg["d_compressed"], bias=cfg.get("bias", False))
-    tensors = load_file(str(checkpoint_paths(path)[0]), device=str(map_location))
+    f = checkpoint_paths(path)[0]
+    try:  # a run killed mid-copy or a full disk leaves a truncated file: one line, as train/checkpoint.py does
+        tensors = load_file(str(f), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrmError(f"{f}: corrupt or unreadable compressor checkpoint ({str(e).splitlines()[0][:120]})") from None
     own = {k: tensors.pop(k) for k in list(tensors) if k in model.state_dict()}
     try:
         model.load_state_dict(own)
     except RuntimeError as e:
-        raise TrmError(f"{checkpoint_paths(path)[0]}: weights do not match its config ({str(e).splitlines()[0]})") from None
+        raise TrmError(f"{f}: weights do not match its config ({str(e).splitlines()[0]})") from None
     return model, meta, tensors
 
 

@@ -133,19 +133,23 @@ class GPTConfig:
     supervision_weight_base: float = 5.0
     improvement_reward_scale: float = 1.0
 
-    # seed-002 name -> (section, our name); every other field has the same name in ModelConfig
-    RENAMED = {"sequence_len": ("model", "seq_len"), "supervision_weight_base": ("train", "supervision_weight_base"),
+    # seed-002 name -> (section, our name); every other field has the same name in ModelConfig. vocab_size is the
+    # tokenizer size asked for (data.vocab_size): model.vocab_size stays 0 so the table follows the tokenizer the
+    # data really builds (the offline corpus stops far short of 50304), exactly as `trm train` sizes it.
+    RENAMED = {"sequence_len": ("model", "seq_len"), "vocab_size": ("data", "vocab_size"),
+               "supervision_weight_base": ("train", "supervision_weight_base"),
                "improvement_reward_scale": ("train", "improvement_reward_scale")}
 
     def to_config(self, preset: str = "lm-A", overrides: list[str] | tuple = ()):
-        """``preset`` + overrides with this config's values on top; vocab_size sizes both tokenizer and table."""
-        from trmlab.config import load_config, replace
-        cfg = load_config(preset, list(overrides))
-        sections: dict = {"model": {}, "train": {}, "data": {"vocab_size": self.vocab_size}}
+        """``preset``, this config's values on top, then ``overrides`` on top of both: a key=value the caller wrote
+        out explicitly wins over a GPTConfig field (``model.vocab_size=N`` pins the embedding table)."""
+        import copy
+        from trmlab.config import from_dict, parse_overrides, preset_dict
+        d = copy.deepcopy(preset_dict(preset))
         for f in fields(self):
             section, name = self.RENAMED.get(f.name, ("model", f.name))
-            sections[section][name] = getattr(self, f.name)
-        return replace(cfg, **sections)
+            d.setdefault(section, {})[name] = getattr(self, f.name)
+        return from_dict(parse_overrides(list(overrides), d))
 
     @classmethod
     def from_config(cls, cfg) -> "GPTConfig":
