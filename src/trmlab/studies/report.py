@@ -82,6 +82,9 @@ def _best_line(rep) -> str:
     best = best_run(done)
     if best is None:
         return ""
+    scores = done["score"].dropna().astype(float)
+    if len(scores) > 1 and scores.nunique() == 1:  # a tie names no winner
+        return f"No best run by {metric_name(done)}: all {len(scores)} runs score {scores.iloc[0]:.4g}."
     return f"Best run by {metric_name(done)} ({direction(done)}): {best['exp_id']} ({float(best['score']):.4g})."
 
 
