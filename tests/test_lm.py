@@ -444,3 +444,11 @@ def test_gptconfig_table_follows_the_tokenizer_like_trm_train():
     cfg = GPTConfig().to_config("lm-A")
     assert cfg.model.vocab_size == 0 and cfg.data.vocab_size == 50304
     assert cfg.to_dict() == load_config("lm-A").to_dict()
+
+
+def test_generate_n_sup_on_a_plain_gpt_is_a_one_line_error(runs, capsys):
+    out, _ = runs
+    rc, _, err = _generate_json(capsys, out / "gpt", "--n-sup", "3")
+    assert rc == 2 and "plain GPT" in err and "\n" not in err
+    rc, result, _ = _generate_json(capsys, out / "rec", "--n-sup", "3")   # the recursive LM takes it
+    assert rc == 0 and result["new_tokens"] == 6
