@@ -274,3 +274,11 @@ def test_non_utf8_sources_are_one_line_errors_naming_file_line_and_offset(tmp_pa
                "--data-root", str(tmp_path / "data")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("trm: error:") and "bad.jsonl:2" in err and "\n" not in err
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    from trmlab.data.corpus import iter_documents
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfhello")
+    assert list(iter_documents(str(tmp_path / "bom.jsonl"))) == ["first", "second"]
+    assert list(iter_documents(str(tmp_path / "bom.txt"))) == ["hello"]

@@ -271,10 +271,15 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.endswith(SUFFIXES) or "\\" in source
 
 
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
+
+
 def decode_utf8(data: bytes, path: Path | str, offset: int = 0, lineno: int | None = None) -> str:
     """Strict UTF-8: replacing bad bytes would make U+FFFD a token and inflate the byte count bits/byte divides
     by, so a bad file is a one-line error naming it, the line and the byte offset (``offset`` = where ``data``
     starts in the file)."""
+    if offset == 0 and data.startswith(BOM):  # Windows editors start files with one; it is not text
+        data, offset = data[len(BOM):], len(BOM)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
