@@ -51,6 +51,13 @@ def _check_finite(obj, section: str):
             raise TrmError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
+def _at_least(obj, section: str, low: int, *names: str):
+    """One-line error for the first of ``names`` below ``low`` (counts and rates that cannot be negative)."""
+    for name in names:
+        if getattr(obj, name) < low:
+            raise TrmError(f"{section}.{name} must be >= {low}, got {getattr(obj, name)}")
+
+
 def choice(default, choices: tuple, help: str = ""):
     """A string field restricted to ``choices`` (checked on every assignment through the config system)."""
     return field(default=default, metadata={"choices": choices, "help": help})
@@ -90,14 +97,12 @@ class ModelConfig:
 
     def __post_init__(self):
         _check_finite(self, "model")
-        for name in ("n_embd", "n_layer", "n_head", "n_loops", "T_recursion", "n_sup_train", "n_sup_inference"):
-            if getattr(self, name) < 1:
-                raise TrmError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least(self, "model", 1, "n_embd", "n_layer", "n_head", "n_loops", "T_recursion", "n_sup_train",
+                  "n_sup_inference")
+        _at_least(self, "model", 0, "n_kv_head", "puzzle_emb_len", "num_puzzle_ids", "puzzle_emb_ndim", "vocab_size",
+                  "seq_len")
         if self.mlp_ratio <= 0 or self.rope_theta <= 0:
             raise TrmError(f"model.mlp_ratio and model.rope_theta must be > 0, got {self.mlp_ratio}, {self.rope_theta}")
-        for name in ("n_kv_head", "puzzle_emb_len", "num_puzzle_ids", "puzzle_emb_ndim", "vocab_size", "seq_len"):
-            if getattr(self, name) < 0:
-                raise TrmError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         if self.core == "attention" and self.n_embd % self.n_head:
             raise TrmError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.n_kv_head and self.n_head % self.n_kv_head:
@@ -166,15 +171,12 @@ class TrainConfig:
         _check_finite(self, "train")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise TrmError("train.steps must be >= 0 and train.batch_size, train.grad_accum >= 1")
-        for name in ("epochs", "time_budget_s", "lr", "embedding_lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay",
-                     "warmup_steps", "grad_clip", "halt_loss_weight", "improvement_reward_scale", "curriculum_steps",
-                     "eval_interval", "eval_samples", "ckpt_interval", "threads"):
-            if getattr(self, name) < 0:
-                raise TrmError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        _at_least(self, "train", 0, "epochs", "time_budget_s", "lr", "embedding_lr", "puzzle_emb_lr", "weight_decay",
+                  "puzzle_emb_weight_decay", "warmup_steps", "grad_clip", "halt_loss_weight", "improvement_reward_scale",
+                  "curriculum_steps", "eval_interval", "eval_samples", "ckpt_interval", "threads")
+        _at_least(self, "train", 1, "curriculum_n_loops", "curriculum_T_recursion", "log_interval")
         if self.supervision_weight_base <= 0:  # the weights grow geometrically from 1 to base
             raise TrmError(f"train.supervision_weight_base must be > 0, got {self.supervision_weight_base}")
-        if self.curriculum_n_loops < 1 or self.curriculum_T_recursion < 1 or self.log_interval < 1:
-            raise TrmError("train.curriculum_n_loops, train.curriculum_T_recursion and train.log_interval must be >= 1")
         for name in ("ema_decay", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise TrmError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -358,8 +360,8 @@ def _alias(key: str) -> list[str] | None:
 
 def _resolve_key(key: str, d: dict) -> list[str]:
     """Map an override key to full dotted paths: aliases and unique section-less names."""
-    if _alias(key):
-        return _alias(key)
+    if paths := _alias(key):
+        return paths
     if "." in key or key in ("task", "name", "description"):
         return [key]
     owners = []

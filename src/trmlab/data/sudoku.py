@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trmlab.data.puzzles import PuzzleSplit, cached_dataset, local_source, save_puzzle_dataset
+from trmlab.data.puzzles import PuzzleSplit, absolute_source, cached_dataset, save_puzzle_dataset
 from trmlab.errors import TrmError
 
 VOCAB_SIZE = 11
@@ -413,10 +413,7 @@ class SudokuDataConfig:
         need(0 <= self.min_blanks <= 64, "min_blanks", "must be in 0..64")
         need(self.min_blanks <= self.max_blanks <= 64, "max_blanks", f"must be in min_blanks({self.min_blanks})..64")
         need(self.min_rating >= 0, "min_rating", "must be >= 0")
-        # stored absolute (as Maze and ARC do), so a run's saved config finds its dataset from any directory
-        local = local_source(self.source)
-        if local is not None:
-            self.source = str(local)
+        self.source = absolute_source(self.source)
         need(self.subsample_size >= 0, "subsample_size", "must be >= 0 (0 = keep all)")
         need(self.num_aug >= 0, "num_aug", "must be >= 0")
         need(self.seed >= 0, "seed", "must be >= 0")

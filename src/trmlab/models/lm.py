@@ -143,9 +143,8 @@ class GPTConfig:
     def to_config(self, preset: str = "lm-A", overrides: list[str] | tuple = ()):
         """``preset``, this config's values on top, then ``overrides`` on top of both: a key=value the caller wrote
         out explicitly wins over a GPTConfig field (``model.vocab_size=N`` pins the embedding table)."""
-        import copy
         from trmlab.config import from_dict, parse_overrides, preset_dict
-        d = copy.deepcopy(preset_dict(preset))
+        d = preset_dict(preset)  # a fresh dict, read from the YAML
         for f in fields(self):
             section, name = self.RENAMED.get(f.name, ("model", f.name))
             d.setdefault(section, {})[name] = getattr(self, f.name)

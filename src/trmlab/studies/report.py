@@ -33,6 +33,11 @@ class Report:
     figures: list[Figure] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
+    @property
+    def done(self) -> pd.DataFrame:
+        """The finished runs: the only ones ranked, fitted and tabulated for halting."""
+        return self.table[self.table["status"] == "done"] if len(self.table) else self.table
+
 
 def _varying(df: pd.DataFrame) -> list[str]:
     """Config columns whose value differs between runs: what the study changed (and what tiny scale set)."""
@@ -78,7 +83,7 @@ def best_run(done: pd.DataFrame) -> pd.Series | None:
 
 
 def _best_line(rep) -> str:
-    done = rep.table[rep.table["status"] == "done"] if len(rep.table) else rep.table
+    done = rep.done
     best = best_run(done)
     if best is None:
         return ""
@@ -116,7 +121,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> Report:
             info = json.loads((root / "study.json").read_text())
         except ValueError:
             problems.append(f"{root / 'study.json'}: corrupt, ignored")
-    done = df[df["status"] == "done"] if len(df) else df
+    done = rep.done
     if len(done):
         rep.fits = compute_fits(done)
         run_curves = curves(root, list(done["run"]))
@@ -130,7 +135,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> Report:
 
 def _fit_lines(rep: Report) -> list[str]:
     lines = []
-    done = rep.table[rep.table["status"] == "done"] if len(rep.table) else rep.table
+    done = rep.done
     for x, per_metric in rep.fits.items():
         for col, fit in per_metric.items():
             y = metric_name(done) if col == "score" else col
@@ -159,7 +164,7 @@ def render_markdown(rep: Report, info: dict, root: Path) -> str:
         out += ["## Runs", "", _md_table(run_table(rep.table)), ""]
     if rep.fits:
         out += ["## Scaling-law fits: y = a - b * x^(-c)", ""] + [f"- {ln}" for ln in _fit_lines(rep)] + [""]
-    ht = halting_table(rep.table[rep.table["status"] == "done"]) if len(rep.table) else pd.DataFrame()
+    ht = halting_table(rep.done) if len(rep.table) else pd.DataFrame()
     if len(ht):
         out += ["## Adaptive halting at inference", "",
                 "`exact_acc`: all N_sup steps; `exact_acc_act`: each puzzle answered at the first step its Q-head "
@@ -200,7 +205,7 @@ def render_html(rep: Report, info: dict, root: Path) -> str:
     if rep.fits:
         parts.append("<h2>Scaling-law fits: y = a - b &middot; x<sup>-c</sup></h2><ul>"
                      + "".join(f"<li>{esc(ln)}</li>" for ln in _fit_lines(rep)) + "</ul>")
-    ht = halting_table(rep.table[rep.table["status"] == "done"]) if len(rep.table) else pd.DataFrame()
+    ht = halting_table(rep.done) if len(rep.table) else pd.DataFrame()
     if len(ht):
         parts += ["<h2>Adaptive halting at inference</h2>",
                   "<p>compute_saved = 1 - mean_steps_act / N_sup (ACT answers at the first step its Q-head says halt)"

@@ -90,14 +90,11 @@ class Trainer:
         self.tracker = make_logger(cfg, self.run_dir, self.dist.is_main)  # wandb/tensorboard, or a no-op
         if resume and latest_checkpoint(self.run_dir) is not None:
             self._restore(latest_checkpoint(self.run_dir))
-            if self.dist.is_main:  # the train section may have changed (more steps): the run's config says so
-                save_config(cfg, self.run_dir / "config.yaml")
-        else:
-            if resume and (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
-                self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
-                self._truncate_metrics(0)
-            if self.dist.is_main:
-                save_config(cfg, self.run_dir / "config.yaml")
+        elif resume and (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
+            self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
+            self._truncate_metrics(0)
+        if self.dist.is_main:  # on resume too: the train section may have changed (more steps)
+            save_config(cfg, self.run_dir / "config.yaml")
         if self.dist.is_main and hasattr(self.task, "save_run_files"):  # files a run needs beside its weights (LM:
             self.task.save_run_files(self.data, self.run_dir)             # the tokenizer, for `trm generate`)
 
