@@ -258,7 +258,7 @@ def _apply(obj, values: dict, prefix: str):
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in by_name:
-            raise TrmError(f"unknown config key '{path}'{_key_hint(key, prefix, by_name)}")
+            raise TrmError(f"unknown config key '{path}'{_key_hint(key, prefix, obj, isinstance(value, dict))}")
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -272,9 +272,20 @@ def _apply(obj, values: dict, prefix: str):
         setattr(obj, key, value)
 
 
-def _key_hint(key: str, prefix: str, names) -> str:
-    """'; did you mean ...?' from the section's keys and the aliases (the paper's names), or the valid keys."""
-    close = [prefix + c for c in difflib.get_close_matches(key, list(names), n=3)]
+def _key_hint(key: str, prefix: str, obj, is_section: bool = False) -> str:
+    """'; did you mean ...?' from the keys of ``obj`` and the aliases (the paper's names), or the valid keys.
+
+    A key without a section (``n_trian=5``) is matched against the sections' own keys first, so it is offered as
+    the full key (``data.n_train``), not as the section name it happens to look like (``train``); a misspelt
+    section (``trian.steps=5``, ``is_section``) is matched against the section names.
+    """
+    names = [f.name for f in fields(obj)]
+    sections = [] if prefix or is_section else [f.name for f in fields(obj) if is_dataclass(getattr(obj, f.name))]
+    full = {f"{sec}.{g.name}": g.name for sec in sections for g in fields(getattr(obj, sec))}  # path -> leaf
+    leaves = difflib.get_close_matches(key, sorted(set(full.values())), n=3)
+    close = [path for leaf in leaves for path in full if full[path] == leaf]
+    if not close:
+        close = [prefix + c for c in difflib.get_close_matches(key, names, n=3)]
     for alias in difflib.get_close_matches(key, list(ALIASES), n=2, cutoff=0.7):
         target = ALIASES[alias]
         close.append(f"{alias} (= {' and '.join(target) if isinstance(target, tuple) else target})")
@@ -309,9 +320,17 @@ def list_presets() -> list[str]:
 
 def _load_yaml(path: Path) -> dict:
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise TrmError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                       f"save the preset as UTF-8") from None
+    except OSError as e:
+        raise TrmError(f"{path}: cannot read the preset ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise TrmError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise TrmError(f"{path}: invalid YAML{where} ({what})") from None
     if not isinstance(d, dict):
         raise TrmError(f"{path}: a config must be a mapping of keys")
     return d
@@ -324,10 +343,13 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def preset_dict(name_or_path: str) -> dict:
+def preset_dict(name_or_path: str, _chain: tuple[Path, ...] = ()) -> dict:
     """A preset by name (``sudoku``) or path (``my.yaml`` or a run directory), with its ``base`` chain merged."""
     path = Path(name_or_path)
-    if path.is_dir() and (path / "config.yaml").exists():
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise TrmError(f"{path}: a directory without config.yaml; a preset is a name (see `trm presets`), "
+                           f"a YAML file or a run directory")
         path = path / "config.yaml"
     if not path.suffix and not path.exists():
         path = PRESET_DIR / f"{name_or_path}.yaml"
@@ -335,12 +357,18 @@ def preset_dict(name_or_path: str) -> dict:
         close = difflib.get_close_matches(str(name_or_path), list_presets(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; presets: {', '.join(list_presets())}"
         raise TrmError(f"unknown preset '{name_or_path}'{hint}")
+    if path.resolve() in _chain:  # base: pointing back along its own chain would recurse forever
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise TrmError(f"{path}: its base chain comes back to itself ({cycle})")
     d = _load_yaml(path)
     if "task" not in d and not d.get("base"):  # else it would silently train the default task
         raise TrmError(f"{path}: names neither a task (task: {' | '.join(_task_names())}) nor a base preset "
                        f"(base: sudoku)")
     if d.get("base"):
-        base = {k: v for k, v in preset_dict(d["base"]).items() if k != "name"}  # a preset is named after itself
+        if not isinstance(d["base"], str):
+            raise TrmError(f"{path}: base must be one preset name or path, got {d['base']!r}")
+        base = preset_dict(d["base"], (*_chain, path.resolve()))
+        base = {k: v for k, v in base.items() if k != "name"}  # a preset is named after itself
         d = _merge(base, {k: v for k, v in d.items() if k != "base"})
     d.setdefault("name", path.stem if path.name != "config.yaml" else path.parent.name)
     return d
