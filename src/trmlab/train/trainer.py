@@ -15,8 +15,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -30,7 +32,7 @@ from trmlab.errors import TrmError
 from trmlab.recursion import count_parameters, model_summary
 from trmlab.tasks import get_task
 from trmlab.train import distributed
-from trmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trmlab.train.checkpoint import Checkpoint, checkpoints, load_checkpoint, save_checkpoint
 from trmlab.train.curriculum import act_exploration, curriculum_depth
 from trmlab.train.ema import EMA
 from trmlab.train.loggers import make_logger
@@ -64,7 +66,7 @@ class Trainer:
         self.device = self.dist.device if self.dist.world_size > 1 else pick_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self._prepare_run_dir(resume, overwrite)
+        self._prepare_run_dir(resume, overwrite, data_root)  # refuses before any work; deletes nothing yet
         torch.manual_seed(cfg.train.seed)
         self.task = get_task(cfg.task)
         with distributed.main_first(self.dist):  # rank 0 builds the dataset cache, the others then read it
@@ -86,13 +88,10 @@ class Trainer:
         self.interrupted = False  # Ctrl-C seen: stop after this step and save
         self.saved_step = None    # the step of the latest checkpoint this process wrote
         self.history: list[dict] = []
-        self._make_run_dir()
+        self._make_run_dir()  # data and model are ready: only now is an old run replaced (--overwrite)
         self.tracker = make_logger(cfg, self.run_dir, self.dist.is_main)  # wandb/tensorboard, or a no-op
-        if resume and latest_checkpoint(self.run_dir) is not None:
-            self._restore(latest_checkpoint(self.run_dir))
-        elif resume and (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
-            self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
-            self._truncate_metrics(0)
+        if resume:
+            self._resume()
         if self.dist.is_main:  # on resume too: the train section may have changed (more steps)
             save_config(cfg, self.run_dir / "config.yaml")
         if self.dist.is_main and hasattr(self.task, "save_run_files"):  # files a run needs beside its weights (LM:
@@ -109,20 +108,52 @@ class Trainer:
                       f"-> train.steps={t.steps:,}")
 
     # ------------------------------------------------------------------ run directory and logging
-    def _prepare_run_dir(self, resume: bool, overwrite: bool):
+    def _prepare_run_dir(self, resume: bool, overwrite: bool, data_root: str | Path):
+        """Every check on where the run goes, before data or model are built; nothing is deleted here."""
         d = self.run_dir
-        if d.exists() and any(d.iterdir()) and not (resume or overwrite):
+        _check_directory_place(d, "run directory")
+        if Path(data_root).exists() and not Path(data_root).is_dir():
+            raise TrmError(f"--data-root {data_root} is a file, not a directory")
+        self.existed = d.is_dir() and any(d.iterdir())
+        if self.existed and not (resume or overwrite):
             raise TrmError(f"run directory {d} already exists; pass --resume to continue it or --overwrite")
-        if self.dist.is_main and overwrite and not resume and d.exists():
-            shutil.rmtree(d)
-        distributed.barrier(self.dist)
+        self.replaces_old_run = overwrite and not resume and self.existed
+        if self.replaces_old_run:
+            _check_is_run(d)
 
     def _make_run_dir(self):
         """Created once data and model are ready, so a run that fails to start leaves no empty directory behind
-        (which the next attempt would refuse as an existing run)."""
+        (which the next attempt would refuse as an existing run), and --overwrite deletes the old run only now: a
+        start that fails (a bad data file, a bad config) leaves it as it was."""
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.replaces_old_run:
+                    _check_is_run(self.run_dir)  # again: the data build may have taken a while
+                    shutil.rmtree(self.run_dir)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrmError(f"run directory {self.run_dir}: {e.strerror or e}") from None
         distributed.barrier(self.dist)
+
+    def _resume(self):
+        """--resume: the newest whole checkpoint; none yet (stopped before the first): start at step 0; no run at
+        all: start it, saying so (a job script that always passes --resume must work on its first launch)."""
+        if not self.existed:
+            self.note(f"--resume: there is no run at {self.run_dir} yet; starting it")
+        elif checkpoints(self.run_dir):
+            try:
+                ckpt = load_checkpoint(self.run_dir, note=self.note)
+            except TrmError as e:
+                raise TrmError(f"cannot resume: {e} (--overwrite without --resume starts the run again)") from None
+            self._restore(ckpt)
+        elif (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
+            self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
+            self._truncate_metrics(0)
+
+    def note(self, msg: str):
+        """A line the user must see even with --quiet (a damaged checkpoint skipped, a resume that starts afresh)."""
+        if self.dist.is_main:
+            tqdm.write(f"trm: note: {msg}", file=sys.stderr)
 
     def log_line(self, msg: str):
         if self.dist.is_main and not self.quiet:
@@ -160,8 +191,7 @@ class Trainer:
         distributed.barrier(self.dist)
         self.saved_step = self.step
 
-    def _restore(self, path: Path):
-        ckpt = load_checkpoint(path)
+    def _restore(self, ckpt: Checkpoint):
         saved = from_dict(ckpt.state["config"])
         for section in ("task", "model", "data"):
             if getattr(saved, section) != getattr(self.cfg, section):
@@ -170,16 +200,16 @@ class Trainer:
         if ckpt.state.get("world_size", 1) != self.dist.world_size and self.cfg.train.supervision == "per_step":
             raise TrmError(f"cannot resume {self.run_dir}: saved with {ckpt.state.get('world_size', 1)} processes, "
                            f"now {self.dist.world_size} (the ACT carry is sharded per process)")
-        distributed.load_full_state_dict(self.model, ckpt.model)
-        if self.ema and ckpt.ema is not None:
-            distributed.load_full_state_dict(self.ema.model, ckpt.ema)
-        for opt, sd in zip(self.optimizers, ckpt.optimizers):
-            distributed.load_full_optimizer_state(opt, sd)
+        self._load_states(ckpt)
         self.step = self.saved_step = int(ckpt.state["step"])
         self.train_time = float(ckpt.state.get("train_time", 0.0))
         self.nonfinite = int(ckpt.state.get("nonfinite", 0))
         self.best_metric = ckpt.state.get("best_metric")
-        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        try:
+            torch.set_rng_state(ckpt.tensors["rng.torch"])
+        except RuntimeError as e:
+            raise TrmError(f"{ckpt.path / 'state.safetensors'} is damaged (RNG state: {str(e).splitlines()[0]})") \
+                from None
         carry = {k[len("carry."):]: v for k, v in ckpt.tensors.items() if k.startswith("carry.")}
         if carry:
             carry = distributed.shard_carry(carry, self.dist)
@@ -187,12 +217,37 @@ class Trainer:
         self._truncate_metrics(self.step)
         self.log_line(f"resumed {self.run_dir} at step {self.step}")
 
+    def _load_states(self, ckpt: Checkpoint):
+        """Weights, EMA and optimizer state into the freshly built ones; a mismatch is one line, not a traceback."""
+        if len(ckpt.optimizers) != len(self.optimizers):
+            raise TrmError(f"cannot resume {self.run_dir}: {ckpt.path.name} holds {len(ckpt.optimizers)} optimizer "
+                           f"state(s), train.optimizer={self.cfg.train.optimizer} builds {len(self.optimizers)}")
+        try:
+            distributed.load_full_state_dict(self.model, ckpt.model)
+            if self.ema and ckpt.ema is not None:
+                distributed.load_full_state_dict(self.ema.model, ckpt.ema)
+            for opt, sd in zip(self.optimizers, ckpt.optimizers):
+                distributed.load_full_optimizer_state(opt, sd)
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise TrmError(f"cannot resume {self.run_dir}: {ckpt.path.name} does not fit this model and optimizer "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+
     def _truncate_metrics(self, step: int):
-        """Drop log records written after the checkpoint we resume from (that work is being redone)."""
+        """Drop log records written after the checkpoint we resume from (that work is being redone), and lines that
+        are not a record (a crash mid-write leaves a torn last line), saying so."""
         f = self.run_dir / "metrics.jsonl"
         if not self.dist.is_main or not f.exists():
             return
-        keep = [ln for ln in f.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep, torn = [], []
+        for i, ln in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            record = _record(ln)
+            if record is None and ln.strip():
+                torn.append(i)
+            elif record is not None and record.get("step", 0) <= step:
+                keep.append(ln)
+        if torn:
+            self.note(f"{f}: dropped {len(torn)} unreadable line{'s' * (len(torn) > 1)} (line "
+                      f"{', '.join(map(str, torn[:5]))}{', ...' if len(torn) > 5 else ''}; a crash mid-write)")
         f.write_text("".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------ one optimizer step
@@ -427,6 +482,65 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, self.run_dir / "summary.json")  # written last: the run's completion marker
         return summary
+
+
+def _record(line: str) -> dict | None:
+    """A metrics.jsonl line as a record, or None when it is not one (torn, garbage)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) else None
+
+
+# What a trmlab run writes into its directory (the trainer, the tasks' evaluations, the trackers, `trm study`):
+# --overwrite deletes a directory only when it holds one of the markers and nothing else than these.
+RUN_MARKERS = {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "error.json"}
+RUN_ENTRIES = RUN_MARKERS | {
+    "summary.json.tmp", "best",                           # the trainer: summary being written, train.keep_best
+    "tokenizer.json",                                     # LM: the run's own tokenizer
+    "submission.json", "arc_scores.json", "pictures",     # ARC: the evaluation's files
+    "tensorboard", "wandb",                               # train.logger
+}
+TEMPORARY = re.compile(r"\.tokenizer\.json\.tmp-\d+")      # LM: the tokenizer while it is copied
+CHECKPOINT_ENTRIES = re.compile(r"(\.tmp_|\.old_)?step_\d+")
+
+
+def _foreign(d: Path) -> list[str]:
+    """What in ``d`` a trmlab run does not write (checkpoints/ and best/ looked into too)."""
+    foreign = [p.name for p in d.iterdir() if p.name not in RUN_ENTRIES and not TEMPORARY.fullmatch(p.name)]
+    for ckpts in (d / "checkpoints", d / "best" / "checkpoints"):
+        if ckpts.is_dir():
+            foreign += [f"{ckpts.relative_to(d)}/{p.name}" for p in ckpts.iterdir()
+                        if not CHECKPOINT_ENTRIES.fullmatch(p.name)]
+    if (d / "best").is_dir():
+        foreign += [f"best/{p.name}" for p in (d / "best").iterdir() if p.name != "checkpoints"]
+    return sorted(foreign)
+
+
+def _check_is_run(d: Path):
+    """--overwrite deletes a trmlab run and nothing else: not a runs directory (`--name .`), not any folder."""
+    if d.is_symlink():
+        raise TrmError(f"--overwrite: {d} is a symbolic link; it deletes only a run directory itself")
+    foreign = _foreign(d)
+    if foreign or not any((d / m).exists() for m in RUN_MARKERS):
+        held = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise TrmError(f"--overwrite: {d} is not a trmlab run" + (f" (it holds {held})" if foreign else "")
+                       + "; nothing deleted (choose another --name, or delete it yourself)")
+
+
+def _check_directory_place(d: Path, what: str):
+    """``d`` is, or can be created as, a directory we can write: a file named by --name / --runs-dir, or a
+    read-only place, is a one-line error before any work."""
+    if d.exists() and not d.is_dir():
+        raise TrmError(f"{what} {d} is a file, not a directory")
+    place = d
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise TrmError(f"{what} {d}: {place} is a file, not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise TrmError(f"{what} {d}: {place} is not writable (read-only or not ours)")
 
 
 def _differences(saved: Config, given: Config, section: str) -> str:
