@@ -66,3 +66,88 @@ def test_a_base_that_is_not_one_name(capsys, tmp_path):
 def test_a_misspelt_key_suggests_the_closest_full_key_first(capsys, key, first):
     line = one_error_line(capsys, "info", "sudoku", f"{key}=5")
     assert line.split("did you mean ", 1)[1].startswith(first), line
+
+
+# ------------------------------------------------------------------------------------------ signals
+@pytest.mark.parametrize("signum, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_training_exits_128_plus_its_number(capsys, monkeypatch, tmp_path, tiny_overrides, signum,
+                                                            rc):
+    from trmlab.train.trainer import Trainer
+    step = Trainer.train_step
+
+    def step_then_signal(self):   # the signal arrives while step 2 runs: the trainer saves after it, then stops
+        record = step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signum)
+        return record
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    code = main(["train", "sudoku", *tiny_overrides, "train.steps=5", "--runs-dir", str(tmp_path / "runs"),
+                 "--data-root", str(tmp_path / "data"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == rc and "--resume" in err and ("SIGTERM" in err) == (signum == signal.SIGTERM)
+    assert (tmp_path / "runs" / "sudoku" / "checkpoints").is_dir()
+
+
+# ------------------------------------------------------------------------------------------ verbs that fail to load
+def _with_verb(monkeypatch, tmp_path, source: str):
+    (tmp_path / "trm_test_verb.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from trmlab import cli
+    monkeypatch.setitem(cli.COMMANDS, "testverb", ("trm_test_verb:go", "a verb for this test"))
+
+
+def test_a_missing_optional_dependency_leaves_the_verb_unavailable(capsys, monkeypatch, tmp_path):
+    _with_verb(monkeypatch, tmp_path, "import trm_no_such_package\n")
+    line = one_error_line(capsys, "testverb", "--any", "thing")
+    assert "unavailable" in line and "trm_no_such_package" in line
+    assert main(["presets"]) == 0   # the other verbs still work
+
+
+def test_an_attribute_error_in_a_verb_module_is_raised_not_called_unavailable(monkeypatch, tmp_path):
+    _with_verb(monkeypatch, tmp_path, "import trmlab\ntrmlab.no_such_attribute\n")
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        main(["testverb"])
+
+
+def test_a_broken_import_of_trmlab_code_is_raised(monkeypatch, tmp_path):
+    _with_verb(monkeypatch, tmp_path, "from trmlab.config import no_such_name\n")
+    with pytest.raises(ImportError, match="no_such_name"):
+        main(["testverb"])
+
+
+# ------------------------------------------------------------------------------------------ files and disks
+@pytest.mark.parametrize("under", ["", "sub/dir"])
+def test_data_root_naming_a_file(capsys, tmp_path, under):
+    (tmp_path / "f").write_text("not a directory")
+    root = tmp_path / "f" / under if under else tmp_path / "f"
+    line = one_error_line(capsys, "data", "build", "sudoku", "--data-root", root)
+    assert str(tmp_path / "f") in line and "directory" in line
+    assert (tmp_path / "f").read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("error", [PermissionError(errno.EACCES, "Permission denied", "/ro/data/x.tmp"),
+                                   OSError(errno.ENOSPC, "No space left on device", "/full/data/x.tmp"),
+                                   IsADirectoryError(errno.EISDIR, "Is a directory", "/d/metadata.json")])
+def test_an_os_error_no_verb_caught_is_one_line_naming_the_path(capsys, monkeypatch, error):
+    from trmlab.tasks.sudoku import SudokuTask
+
+    def fail(*a, **k):
+        raise error
+    monkeypatch.setattr(SudokuTask, "build_data", fail)
+    line = one_error_line(capsys, "data", "build", "sudoku")
+    assert line == f"trm: error: {error.filename}: {error.strerror}"
+
+
+def test_broken_pipe_and_ctrl_c_keep_their_exit_codes(monkeypatch, tmp_path):
+    import sys
+    from trmlab import commands
+    monkeypatch.setattr(os, "dup2", lambda *a: None)   # the pipe case points stdout at /dev/null: not in pytest
+    for exc, rc in ((BrokenPipeError(errno.EPIPE, "Broken pipe"), 0), (KeyboardInterrupt(), 130)):
+        def fail(args, exc=exc):
+            raise exc
+        monkeypatch.setattr(commands, "presets", fail)
+        with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+            monkeypatch.setattr(sys, "stdout", out)
+            monkeypatch.setattr(sys, "stderr", err)
+            assert main(["presets"]) == rc
+        assert "error" not in (tmp_path / "err").read_text()

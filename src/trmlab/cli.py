@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+from pathlib import Path
 
-from trmlab.errors import TrmError
+from trmlab.errors import Interrupted, TrmError
 
 COMMANDS = {
     "demo": ("trmlab.demo:demo", "train a small Sudoku TRM and its no-recursion twin on CPU, compare on held-out puzzles"),
@@ -37,12 +39,19 @@ TRAILING = ("overrides", "patterns", "items")
 
 
 def _load(spec: str):
+    """(add_arguments, run) of a verb."""
     if ":" not in spec:
         mod = importlib.import_module(spec)
         return mod.add_arguments, mod.run
     module, func = spec.split(":")
     mod = importlib.import_module(module)
     return getattr(mod, f"{func}_arguments"), getattr(mod, func)
+
+
+def _fail(e: Exception, optional: bool):
+    if optional:
+        raise TrmError(f"command unavailable: {e}")
+    raise e
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (spec, help_text) in COMMANDS.items():
         try:
             add_arguments, run = _load(spec)
-        except (ImportError, AttributeError) as e:  # an optional part is missing: keep the rest usable
-            p = sub.add_parser(name, help=f"(unavailable: {e})")
-            p.set_defaults(func=lambda args, e=e: (_ for _ in ()).throw(TrmError(f"command unavailable: {e}")))
+        except Exception as e:
+            # A missing optional dependency (an ImportError of another package) leaves the verb unavailable; an
+            # AttributeError or a broken import of trmlab's own code is a bug: running the verb raises it as it is.
+            # Either way the other verbs stay usable.
+            optional = isinstance(e, ImportError) and (e.name or "trmlab").split(".")[0] != "trmlab"
+            p = sub.add_parser(name, help=f"({'unavailable' if optional else 'broken'}: {e})")
+            p.set_defaults(func=lambda args, e=e, optional=optional: _fail(e, optional), unloaded=True)
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
@@ -67,6 +80,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     argparse stops filling a positional list at the first option, so the stragglers are collected here."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "unloaded", False):  # whatever its arguments, the verb could not be loaded: say so, not them
+        return args
     # `--key=value` as in the seeds' scripts (`--matrix_lr=0.001`) is an override like `key=value`
     extra = [e[2:] if e.startswith("--") and "=" in e else e for e in extra]
     trailing = next((getattr(args, n) for n in TRAILING if isinstance(getattr(args, n, None), list)), None)
@@ -77,19 +92,49 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# options that name a directory a verb reads or writes (--runs-dir is checked where the run directory is made)
+DIRECTORY_OPTIONS = ("data_root", "out")
+
+
+def check_directories(args):
+    """A directory option that names a file, or lies under one, is a one-line error before any work is done."""
+    for name in DIRECTORY_OPTIONS:
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value)
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "is a file" if existing == path else f"lies under {existing}, a file"
+            raise TrmError(f"--{name.replace('_', '-')} {value} {where}; it must name a directory")
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line naming the path (a full disk, a read-only directory, a file where a directory goes)."""
+    paths = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    reason = e.strerror or str(e)
+    return f"{paths}: {reason}" if paths else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
+        check_directories(args)
         rc = args.func(args)
     except TrmError as e:
         print(f"trm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("trm: interrupted (a run resumes from its last checkpoint with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:   # the trainer saved a checkpoint first (Interrupted says which signal came)
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+        print(f"trm: {how} (a run resumes from its last checkpoint with --resume)", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # `trm ... | head` closed the pipe: not an error of ours, and no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
         return 0
+    except OSError as e:  # the last resort for a disk or permission failure no verb turned into a TrmError
+        print(f"trm: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

@@ -3,3 +3,12 @@
 
 class TrmError(Exception):
     """A user-facing error (bad config, malformed input, missing file). Never a bug."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run (after saving its checkpoint); the CLI exits 128 + the signal's number, as a
+    shell reports a process the signal ended (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)

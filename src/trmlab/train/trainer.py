@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trmlab.config import Config, from_dict, save_config
-from trmlab.errors import TrmError
+from trmlab.errors import Interrupted, TrmError
 from trmlab.recursion import count_parameters, model_summary
 from trmlab.tasks import get_task
 from trmlab.train import distributed
@@ -416,8 +416,8 @@ class Trainer:
 
         def on_interrupt(signum, frame):
             if self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
+                raise Interrupted(signum)
+            self.interrupted = signum  # truthy; which signal sets the exit code (130 SIGINT, 143 SIGTERM)
             self.log_line("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
         previous = {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -440,7 +440,7 @@ class Trainer:
         if distributed.any_true(self.interrupted, self.dist):
             self.save()
             self.tracker.close()
-            raise KeyboardInterrupt
+            raise Interrupted(self.interrupted or signal.SIGINT)
         self.tracker.close()
         if self.saved_step != self.step:  # before the final evaluation, so a Ctrl-C during it loses no training
             self.save()
