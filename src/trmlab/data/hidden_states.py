@@ -149,14 +149,17 @@ class HFHiddenStateSource:
                         trust_remote_code: bool = False) -> "HFHiddenStateSource":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        local = Path(name).expanduser().exists()
-        check_hf_path(name)
+        from trmlab.llm.pretrained import is_gguf, resolve_model_path
+        # a GGUF file (or smollm2-135m) is read once, then loaded from its cached HF directory
+        path = resolve_model_path(name) if is_gguf(name) else name
+        local = Path(path).expanduser().exists()
+        check_hf_path(path)
         if not local and not hub_reachable():
             raise TrmError(f"cannot load model {name}: not a local path and no network")
         kw = {"trust_remote_code": trust_remote_code}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, **kw)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype or torch.float32, **kw)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype or torch.float32, **kw)
         except TrmError:
             raise
         except Exception as e:  # missing repo, gated, corrupt files: one line for the user

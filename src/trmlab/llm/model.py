@@ -42,6 +42,10 @@ def llm_config(name: str, spec: TinyLLMSpec | None = None):
                            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                            num_key_value_heads=spec.num_heads, tie_word_embeddings=True)
     from transformers import AutoConfig
+
+    from trmlab.llm.pretrained import gguf_config, is_gguf
+    if is_gguf(name):
+        return gguf_config(name)
     if Path(name).expanduser().is_dir():
         try:
             return AutoConfig.from_pretrained(name)
@@ -80,9 +84,12 @@ def load_llm(name: str, spec: TinyLLMSpec | None = None, cache_root: str | Path 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trmlab.data.hidden_states import hub_reachable
+    from trmlab.llm.pretrained import is_gguf, resolve_model_path
     path, offline = name, False
     if name == TINY_NAME:
         path = str(ensure_tiny_llm(spec or TinyLLMSpec(), cache_root, log))
+    elif is_gguf(name):
+        path = resolve_model_path(name, log)
     elif not Path(name).expanduser().is_dir():
         offline = not hub_reachable()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]

