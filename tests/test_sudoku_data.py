@@ -1,18 +1,22 @@
 """Sudoku data: solver, generator, augmentation, CSV import, builder determinism and corruption checks."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from trmlab.data.puzzles import load_puzzle_dataset
 from trmlab.data.sudoku import (
     SudokuDataConfig, augment, build_sudoku, decode_tokens, encode_grid, format_grid, generate_puzzle,
-    is_consistent, is_valid_solution, load_csv, load_hf, parse_puzzle, solve,
+    is_consistent, is_valid_solution, load_csv, load_hf, parse_puzzle, read_csv, read_puzzle_file, solve,
 )
 from trmlab.errors import TrmError
 
 # a classic puzzle with a known unique solution
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+FIXTURES = Path(__file__).parent / "fixtures"  # files in the public layouts (tests/fixtures/README.md)
 
 
 def grid(s):
@@ -97,7 +101,8 @@ def test_parse_and_format():
 
 
 def _write_csv(path, rows):
-    path.write_text("source,q,a,rating\n" + "".join(f"{src},{q},{a},{r}\n" for src, q, a, r in rows))
+    """The public Sudoku-Extreme layout (sapientinc/sudoku-extreme train.csv / test.csv)."""
+    path.write_text("source,question,answer,rating\n" + "".join(f"{src},{q},{a},{r}\n" for src, q, a, r in rows))
 
 
 def _generated_rows(n, seed):
@@ -135,7 +140,7 @@ def test_single_csv_is_split_90_10(tmp_path):
     assert not {r.tobytes() for r in splits["train"].inputs} & {r.tobytes() for r in splits["test"].inputs}
     # min_rating filters both splits by the CSV's rating column
     cfg = SudokuDataConfig(source=str(tmp_path / "puzzles.csv"), min_rating=100)
-    with pytest.raises(TrmError, match="no training puzzles left"):
+    with pytest.raises(TrmError, match="no test puzzles left .*min_rating=100"):
         build_sudoku(cfg, tmp_path / "data")
 
 
@@ -144,7 +149,7 @@ def test_csv_malformed_rows(tmp_path):
     bad_len = list(rows)
     bad_len[1] = ("gen", rows[1][1][:-1], rows[1][2], 0)
     _write_csv(tmp_path / "a.csv", bad_len)
-    with pytest.raises(TrmError, match=r"a\.csv: line 3: column 'q' has 80 characters"):
+    with pytest.raises(TrmError, match=r"a\.csv: line 3: column 'question' has 80 characters"):
         load_csv(tmp_path / "a.csv")
     bad_char = list(rows)
     bad_char[2] = ("gen", "x" + rows[2][1][1:], rows[2][2], 0)
@@ -268,3 +273,79 @@ def test_local_csv_is_keyed_by_its_path_and_rebuilt_when_edited(tmp_path, monkey
     _write_csv(tmp_path / "b" / "test.csv", _generated_rows(3, 99))  # the sibling test file is read too
     splits, _ = load_puzzle_dataset(build_sudoku(cfg, data))
     assert "changed since" in capsys.readouterr().out and len(splits["test"]) == 3
+
+
+# -----------------------------------------------------------------------------
+# the layouts of real files (fixtures with the public header rows), text files of puzzles, files too small
+
+def _file_grids(path, column_puzzle, column_solution, blank="."):
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    as_grid = lambda text: np.array([0 if c in (".", "0") else int(c) for c in text], np.int8)  # noqa: E731
+    return (np.stack([as_grid(r[column_puzzle]) for r in rows]), np.stack([as_grid(r[column_solution]) for r in rows]),
+            rows)
+
+
+@pytest.mark.parametrize("name, puzzle, solution, has_rating", [
+    ("sudoku-extreme/train.csv", "question", "answer", True),     # source,question,answer,rating ('.' blanks)
+    ("sudoku-qa.csv", "q", "a", True),                            # source,q,a,rating
+    ("sudoku-puzzle-solution.csv", "puzzle", "solution", False),  # puzzle,solution ('0' blanks, no rating)
+])
+def test_every_csv_layout_reads_the_same_grids(name, puzzle, solution, has_rating):
+    want_p, want_s, rows = _file_grids(FIXTURES / name, puzzle, solution)
+    f = read_csv(FIXTURES / name)
+    assert (f.puzzles == want_p).all() and (f.solutions == want_s).all()
+    assert (f.ratings is not None) == has_rating
+    if has_rating:
+        assert list(f.ratings) == [int(r["rating"]) for r in rows]
+    assert all(is_valid_solution(s) and is_consistent(p, s) for p, s in zip(f.puzzles, f.solutions))
+
+
+def test_the_public_layout_builds_from_train_and_test_csv(tmp_path):
+    cfg = SudokuDataConfig(source=str(FIXTURES / "sudoku-extreme" / "train.csv"))
+    splits, meta = load_puzzle_dataset(build_sudoku(cfg, tmp_path))
+    assert meta["stats"]["train"]["base_puzzles"] == 10 and meta["stats"]["test"]["base_puzzles"] == 4
+    want_test, _, _ = _file_grids(FIXTURES / "sudoku-extreme" / "test.csv", "question", "answer")
+    assert (splits["test"].inputs == want_test + 1).all()  # test.csv beside train.csv is the test set, in order
+
+
+def test_a_header_in_no_layout_names_what_it_found_and_what_is_read(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,grid,solved\n1," + PUZZLE + "," + SOLUTION + "\n")
+    with pytest.raises(TrmError, match=r"bad\.csv: line 1: header has columns id,grid,solved; .*"
+                                       r"source,question,answer,rating .*q,a.*puzzle,solution") as e:
+        load_csv(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_a_text_file_is_solved_and_ambiguous_or_unsolvable_lines_are_skipped():
+    f = read_puzzle_file(FIXTURES / "sudoku-puzzles.txt")
+    lines = (FIXTURES / "sudoku-puzzles.txt").read_text().split()
+    kept = [lines[i] for i in (0, 1, 3, 5)]  # line 3 has two solutions, line 5 none
+    assert (f.puzzles == np.stack([grid(t) for t in kept])).all() and f.ratings is None
+    assert all(len(solve(p)[0]) == 1 and (solve(p)[0][0] == s).all() for p, s in zip(f.puzzles, f.solutions))
+    assert [m.split(": ", 1)[1] for m in f.skipped] == ["line 3: several solutions", "line 5: no solution"]
+
+
+@pytest.mark.parametrize("text, message", [
+    (PUZZLE + "\n" + PUZZLE[:-1] + "\n", r"p\.txt: line 2: 80 characters, expected 81"),
+    (PUZZLE + "\n\n" + "53x" + PUZZLE[3:] + "\n", r"p\.txt: line 3: bad character 'x' at position 3"),
+])
+def test_a_bad_puzzle_line_names_file_and_line(tmp_path, text, message):
+    (tmp_path / "p.txt").write_text(text)
+    with pytest.raises(TrmError, match=message):
+        read_puzzle_file(tmp_path / "p.txt")
+
+
+def test_a_csv_too_small_to_hold_out_a_test_puzzle_says_so(tmp_path):
+    one = tmp_path / "one.csv"
+    _write_csv(one, _generated_rows(1, seed=8))
+    with pytest.raises(TrmError, match=r"one\.csv: only 1 puzzle, too few to hold one out for testing"):
+        build_sudoku(SudokuDataConfig(source=str(one)), tmp_path / "data")
+    folder = tmp_path / "pair"  # a train.csv whose test.csv has nothing at the wanted rating
+    folder.mkdir()
+    shutil.copy(FIXTURES / "sudoku-extreme" / "train.csv", folder / "train.csv")
+    _write_csv(folder / "test.csv", [r[:3] + (0,) for r in _generated_rows(2, seed=9)])
+    with pytest.raises(TrmError, match="no test puzzles left"):
+        build_sudoku(SudokuDataConfig(source=str(folder / "train.csv"), min_rating=1), tmp_path / "data")

@@ -246,9 +246,25 @@ def augment(puzzle, solution, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return p[0], s[0]
 
 # -----------------------------------------------------------------------------
-# Sudoku-Extreme CSV import (columns source,q,a,rating; '.' or '0' = blank)
+# puzzle files: the CSV layouts in use ('.' or '0' = blank) and plain text, one puzzle per line
 
+# (puzzle column, solution column) of each CSV layout read; `source` and `rating` columns are optional in all of them.
+CSV_LAYOUTS = (("question", "answer"),   # sapientinc/sudoku-extreme train.csv / test.csv: source,question,answer,rating
+               ("q", "a"),               # trmlab's older files
+               ("puzzle", "solution"),   # a common layout elsewhere
+               ("quizzes", "solutions")) # Kaggle's "1 million Sudoku games"
+LAYOUT_NAMES = "source,question,answer,rating (Sudoku-Extreme), q,a, puzzle,solution or quizzes,solutions"
 _CHUNK = 100_000  # rows parsed per vectorised batch, bounding the memory of the string lists
+
+
+@dataclass
+class SudokuFile:
+    """The puzzles of one file, checked: [N, 81] int8 grids (0 = blank), ratings [N] or None when the file has none,
+    and a message per line left out (text files: no solution, or several)."""
+    puzzles: np.ndarray
+    solutions: np.ndarray
+    ratings: np.ndarray | None
+    skipped: list[str]
 
 
 def _strings_to_grids(strings: list[str], lines: list[int], path, col: str) -> np.ndarray:
@@ -263,57 +279,126 @@ def _strings_to_grids(strings: list[str], lines: list[int], path, col: str) -> n
     return raw.astype(np.int8)
 
 
-def _parse_chunk(path, lines, qs, as_, ratings):
-    for name, strs in (("q", qs), ("a", as_)):
+def _parse_chunk(path, lines, qs, as_, ratings, names):
+    for name, strs in zip(names, (qs, as_)):
         for line, s in zip(lines, strs):
             if len(s) != 81:
                 raise TrmError(f"{path}: line {line}: column {name!r} has {len(s)} characters, expected 81")
-    p = _strings_to_grids(qs, lines, path, "q")
-    s = _strings_to_grids(as_, lines, path, "a")
+    p = _strings_to_grids(qs, lines, path, names[0])
+    s = _strings_to_grids(as_, lines, path, names[1])
     bad = ~_valid_rows(s) | ((p != 0) & (p != s)).any(axis=1)
     if bad.any():
         r = int(np.argmax(bad))
         why = "is not a valid solution" if not _valid_rows(s[r:r + 1])[0] else "contradicts the puzzle's givens"
-        raise TrmError(f"{path}: line {lines[r]}: answer {why}")
+        raise TrmError(f"{path}: line {lines[r]}: {names[1]} {why}")
     return p, s, np.array(ratings, dtype=np.int64)
 
 
-def load_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read a Sudoku-Extreme style CSV; returns puzzles [N, 81], solutions [N, 81] (int8, 0 = blank), ratings [N]."""
+def csv_layout(header: list[str], path) -> tuple[int, int, int | None]:
+    """Column indices (puzzle, solution, rating or None) of a CSV header in one of ``CSV_LAYOUTS``; else TrmError
+    naming the columns found and the layouts read."""
+    names = [h.strip().lower() for h in header]
+    for puzzle, solution in CSV_LAYOUTS:
+        if puzzle in names and solution in names:
+            return names.index(puzzle), names.index(solution), names.index("rating") if "rating" in names else None
+    raise TrmError(f"{path}: line 1: header has columns {','.join(header) or '(none)'}; a Sudoku CSV has a puzzle "
+                   f"and a solution column: {LAYOUT_NAMES} (rating optional)")
+
+
+def read_csv(path) -> SudokuFile:
+    """Read a Sudoku CSV in any of ``CSV_LAYOUTS``; every row is checked (81 cells, a valid solution keeping the
+    givens) and a bad one raises TrmError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise TrmError(f"{path}: no such CSV file")
     parts, qs, as_, ratings, lines = [], [], [], [], []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if "q" not in header or "a" not in header:
-            raise TrmError(f"{path}: line 1: expected a header with columns source,q,a,rating, got {header}")
-        iq, ia = header.index("q"), header.index("a")
-        ir = header.index("rating") if "rating" in header else None
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise TrmError(f"{path}: line {reader.line_num}: {len(row)} fields, expected {len(header)}")
-            rating = 0
-            if ir is not None:
-                try:
-                    rating = int(float(row[ir]))
-                except ValueError:
-                    raise TrmError(f"{path}: line {reader.line_num}: rating {row[ir]!r} is not a number") from None
-            qs.append(row[iq].strip())
-            as_.append(row[ia].strip())
-            ratings.append(rating)
-            lines.append(reader.line_num)
-            if len(qs) >= _CHUNK:
-                parts.append(_parse_chunk(path, lines, qs, as_, ratings))
-                qs, as_, ratings, lines = [], [], [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of "source"
+            reader = csv.reader(f)
+            header = next(reader, [])
+            iq, ia, ir = csv_layout(header, path)
+            names = (header[iq].strip(), header[ia].strip())
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise TrmError(f"{path}: line {reader.line_num}: {len(row)} fields, expected {len(header)}")
+                rating = 0
+                if ir is not None:
+                    try:
+                        rating = int(float(row[ir]))
+                    except ValueError:
+                        raise TrmError(f"{path}: line {reader.line_num}: rating {row[ir]!r} is not a number") from None
+                qs.append(row[iq].strip())
+                as_.append(row[ia].strip())
+                ratings.append(rating)
+                lines.append(reader.line_num)
+                if len(qs) >= _CHUNK:
+                    parts.append(_parse_chunk(path, lines, qs, as_, ratings, names))
+                    qs, as_, ratings, lines = [], [], [], []
+    except UnicodeDecodeError as e:
+        raise TrmError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
+    except csv.Error as e:  # e.g. a NUL byte: not a CSV at all
+        raise TrmError(f"{path}: not a readable CSV ({e})") from None
     if qs:
-        parts.append(_parse_chunk(path, lines, qs, as_, ratings))
+        parts.append(_parse_chunk(path, lines, qs, as_, ratings, names))
     if not parts:
         raise TrmError(f"{path}: no puzzles in the file")
-    return tuple(np.concatenate(x) for x in zip(*parts))
+    p, s, r = (np.concatenate(x) for x in zip(*parts))
+    return SudokuFile(p, s, r if ir is not None else None, [])
+
+
+def load_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a Sudoku CSV (see ``read_csv``); returns puzzles [N, 81], solutions [N, 81] (int8, 0 = blank), ratings
+    [N] (0 where the file has no rating column)."""
+    f = read_csv(path)
+    return f.puzzles, f.solutions, f.ratings if f.ratings is not None else np.zeros(len(f.puzzles), np.int64)
+
+
+def read_text(path) -> SudokuFile:
+    """A text file with one 81-character puzzle per line ('.' or '0' = blank; blank lines ignored), solved by the
+    project's solver. A line of the wrong length or with another character raises TrmError naming file and line; a
+    puzzle with no solution or several is left out, its line reported in ``skipped``."""
+    path = Path(path)
+    puzzles, solutions, skipped = [], [], []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise TrmError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except OSError as e:
+        raise TrmError(f"{path}: cannot read the file ({e.strerror or type(e).__name__})") from None
+    for n, text in tqdm(lines, desc="solve puzzles", unit="puzzle", leave=False, disable=len(lines) < 1000):
+        if len(text) != 81:
+            raise TrmError(f"{path}: line {n}: {len(text)} characters, expected 81 (one puzzle per line, "
+                           f"'.' or '0' = blank)")
+        bad = next((i for i, ch in enumerate(text) if ch != "." and not "0" <= ch <= "9"), None)
+        if bad is not None:
+            raise TrmError(f"{path}: line {n}: bad character {text[bad]!r} at position {bad + 1} "
+                           f"(expected '.', '0'-'9')")
+        grid = np.array([0 if ch == "." else int(ch) for ch in text], dtype=np.int8)
+        found, _ = solve(grid, limit=2)
+        if len(found) != 1:
+            skipped.append(f"{path}: line {n}: {'no solution' if not found else 'several solutions'}")
+            continue
+        puzzles.append(grid)
+        solutions.append(found[0])
+    if not puzzles:
+        raise TrmError(f"{path}: no puzzle with exactly one solution"
+                       + (f" (all {len(skipped)} left out; first: {skipped[0]})" if skipped else " (empty file)"))
+    return SudokuFile(np.stack(puzzles), np.stack(solutions), None, skipped)
+
+
+def read_puzzle_file(path) -> SudokuFile:
+    """A CSV in any of ``CSV_LAYOUTS`` (a ``.csv`` name or a first line with a comma), else a text file of puzzles."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrmError(f"{path}: no such puzzle file")
+    if path.suffix.lower() == ".csv":
+        return read_csv(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "")
+    return read_csv(path) if "," in first else read_text(path)
 
 
 def load_hf(name: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -390,7 +475,8 @@ def format_grid(grid) -> str:
 
 @dataclass
 class SudokuDataConfig:
-    source: str = "generate"     # "generate", a local CSV path, or a HF dataset name (e.g. sapientinc/sudoku-extreme)
+    source: str = "generate"     # "generate", a local CSV path (any of CSV_LAYOUTS), or a HF dataset name
+                                 # (e.g. sapientinc/sudoku-extreme)
     n_train: int = 1000          # base puzzles for training (generate mode)
     n_test: int = 200            # held-out base puzzles (never augmented, never share a base puzzle with train)
     min_blanks: int = 30
@@ -448,8 +534,11 @@ def _load_source(cfg: SudokuDataConfig):
         if test_path != path and test_path.is_file():
             test = load_csv(test_path)
         else:  # a single file: hold out 10% of its puzzles
+            if len(train[0]) < 2:  # nothing would be left to test on: say so rather than train against an empty test set
+                raise TrmError(f"{path}: only {len(train[0])} puzzle, too few to hold one out for testing (a single "
+                               f"CSV keeps 10 %, at least 1, as its test set); add rows or put a test.csv beside it")
             order = np.random.default_rng([cfg.seed, 3]).permutation(len(train[0]))
-            n_test = max(1, len(order) // 10) if len(order) > 1 else 0
+            n_test = max(1, len(order) // 10)
             test = tuple(x[order[:n_test]] for x in train)
             train = tuple(x[order[n_test:]] for x in train)
     elif "/" in src:
@@ -459,6 +548,8 @@ def _load_source(cfg: SudokuDataConfig):
     # the paper's --min-difficulty filters by rating; keep the test set free of any training puzzle
     train = tuple(x[train[2] >= cfg.min_rating] for x in train)
     test = tuple(x[test[2] >= cfg.min_rating] for x in test)
+    if len(test[0]) == 0:
+        raise TrmError(f"data.source={src!r}: no test puzzles left (check min_rating={cfg.min_rating})")
     test_keys = {row.tobytes() for row in test[0]}
     keep = np.array([row.tobytes() not in test_keys for row in train[0]], dtype=bool)
     train = tuple(x[keep] for x in train)
