@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from trmlab.config import load_config
 from trmlab.errors import TrmError
 from trmlab.train.checkpoint import latest_checkpoint, load_checkpoint
-from trmlab.train.trainer import Trainer, supervision_weights, train
+from trmlab.train.supervision import supervision_weights
+from trmlab.train.trainer import Trainer, train
 
 
 def weights(run_dir):

@@ -130,6 +130,9 @@ class TrainConfig:
                               "per_step: optimizer step per supervision step (the paper); summed: one backward")
     supervision_weight_base: float = 1.0   # summed: the last step weighs this many times the first
     improvement_reward_scale: float = 0.0  # summed: reward for lowering the loss from first to last step
+    improvement_reward: str = choice("bounded", ("bounded", "telescoping"),
+                                     "summed: bounded pays each step for beating the step before (earlier loss "
+                                     "detached); telescoping is the seeds' literal, unbounded formula")
     act_exploration: float = 0.1     # per_step+ACT: share of samples forced to run a random minimum of steps
     act_exploration_final: float = -1.0  # >= 0: anneal act_exploration linearly to this over train.steps
     curriculum: str = choice("none", ("none", "linear", "step"),

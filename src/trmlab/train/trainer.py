@@ -4,9 +4,8 @@ Deep supervision comes in two modes (``train.supervision``):
   per_step  the paper's: every optimizer step is ONE supervision step of a carried batch. Each sample keeps its
             (y, z) between steps; a sample that halted (ACT said stop, or it used n_sup_train steps) is replaced
             by a fresh one from the next batch.
-  summed    seeds 000/002: each batch runs all n_sup_train steps; the losses are summed with weights growing
-            as supervision_weight_base^(k/(N-1)), minus improvement_reward_scale x (first loss - last loss);
-            one backward.
+  summed    seeds 000/002: each batch runs all n_sup_train steps; one backward of the weighted sum of their
+            losses minus the improvement reward (train/supervision.py).
 Everything random in a step is a function of (seed, step), so a resumed run replays the exact same batches.
 """
 
@@ -37,6 +36,7 @@ from trmlab.train.curriculum import act_exploration, curriculum_depth
 from trmlab.train.ema import EMA
 from trmlab.train.loggers import make_logger
 from trmlab.train.optim import build_optimizers, set_lr
+from trmlab.train.supervision import summed_objective
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,12 +47,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrmError(f"train.device={name} but CUDA is not available on this machine")
     return torch.device(name)
-
-
-def supervision_weights(n: int, base: float) -> torch.Tensor:
-    """Weights of the summed mode: geometric from 1 to ``base`` over the n steps, normalised to sum to 1."""
-    w = torch.tensor([base ** (k / max(n - 1, 1)) for k in range(n)], dtype=torch.float32)
-    return w / w.sum()
 
 
 class Trainer:
@@ -75,6 +69,8 @@ class Trainer:
             self._steps_from_epochs()
         self.sampler = self.task.sampler(self.data, cfg.train.seed)
         self.model = self.task.build_model(cfg).to(self.device)
+        if hasattr(self.task, "init_weights"):  # starting weights that depend on the data (the compressor: the
+            self.task.init_weights(self.model, self.data)  # data mean, stage 1a's weights); a resume replaces them
         self.ema = EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         # compile / activation checkpointing / FSDP2; the optimizer comes after, as FSDP replaces the parameters
         self.forward = distributed.prepare(self.model, self.ema.model if self.ema else None, self.dist, cfg.train,
@@ -312,10 +308,7 @@ class Trainer:
                 loss_vec, correct, metrics = self.task.losses(out, batch, self.cfg)
                 losses.append(loss_vec.mean())
         losses_t = torch.stack(losses)
-        loss = (supervision_weights(len(losses), t.supervision_weight_base).to(losses_t) * losses_t).sum()
-        if t.improvement_reward_scale and len(losses) > 1:
-            # sum_k (L_{k-1} - L_k) telescopes to L_0 - L_last: reward refinement from first to last step.
-            loss = loss - t.improvement_reward_scale * (losses_t[0] - losses_t[-1]) / (len(losses) - 1)
+        loss = summed_objective(losses_t, t.supervision_weight_base, t.improvement_reward_scale, t.improvement_reward)
         metrics["exact_acc"] = correct.float()
         metrics["first_step_loss"] = losses_t[0].detach()
         metrics["last_step_loss"] = losses_t[-1].detach()
