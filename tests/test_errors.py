@@ -151,3 +151,64 @@ def test_broken_pipe_and_ctrl_c_keep_their_exit_codes(monkeypatch, tmp_path):
             monkeypatch.setattr(sys, "stderr", err)
             assert main(["presets"]) == rc
         assert "error" not in (tmp_path / "err").read_text()
+
+
+# ------------------------------------------------------------------------------------------ bench and study run
+@pytest.mark.parametrize("argv, words", [(["sudoku", "n_trian=5"], "data.n_train"), (["sudoku", "--T", "0", "2"], "--T"),
+                                         (["sudoku", "--procs", "0"], "--procs")])
+def test_bench_refuses_bad_input_before_measuring(capsys, tmp_path, monkeypatch, argv, words):
+    import trmlab.bench as bench
+    monkeypatch.setattr(bench, "launch", lambda *a, **k: pytest.fail("a case was launched"))
+    line = one_error_line(capsys, "bench", *argv, "--doc", tmp_path / "bench.md")
+    assert words in line and not (tmp_path / "bench.md").exists()
+
+
+def test_study_run_with_a_bad_override_is_one_line_and_writes_nothing(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    line = one_error_line(capsys, "study", "run", "exp01", "--scale", "tiny", "--base", "sudoku", "--runs-dir", runs,
+                          "n_trian=5")
+    assert "n_trian" in line and "data.n_train" in line and "every selected experiment" in line
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--jobs", "0"), ("--jobs", "-2"), ("--slurm-gpus", "-1")])
+def test_study_run_refuses_counts_out_of_range(capsys, tmp_path, flag, value):
+    line = one_error_line(capsys, "study", "run", "exp01", "--scale", "tiny", "--base", "sudoku", "--runs-dir",
+                          tmp_path, "--dry-run", flag, value)
+    assert line == f"trm: error: {flag} {value}: must be >= {1 if flag == '--jobs' else 0}"
+
+
+def test_study_run_still_runs_the_valid_experiments_beside_invalid_ones(capsys, tmp_path):
+    from trmlab.studies.runner import RunPlan
+    from trmlab.study_cli import refuse_if_all_invalid
+    ok, bad = RunPlan("s", "a", str(tmp_path / "a")), RunPlan("s", "b", str(tmp_path / "b"), action="invalid")
+    refuse_if_all_invalid([ok, bad])   # no error: `a` runs, `b` is listed as invalid
+    with pytest.raises(Exception, match="every selected experiment: b"):
+        refuse_if_all_invalid([bad])
+
+
+# ------------------------------------------------------------------------------------------ trm solve
+@pytest.fixture(scope="module")
+def sudoku_run(tmp_path_factory):
+    from conftest import TINY
+    root = tmp_path_factory.mktemp("solve")
+    assert main(["train", "sudoku", *TINY, "train.steps=1", "--runs-dir", str(root / "runs"),
+                 "--data-root", str(root / "data"), "--quiet"]) == 0
+    return root / "runs" / "sudoku"
+
+
+def test_solve_an_unsolvable_sudoku_says_it_has_no_solution(capsys, monkeypatch, sudoku_run):
+    capsys.readouterr()
+    # no two givens clash, yet r1c9 can hold nothing: its row has 1-8 and its column a 9
+    puzzle = "12345678." + "........9" + "." * 63
+    line = one_error_line(capsys, "solve", sudoku_run, puzzle)
+    assert "no solution" in line and "clash" in line
+    solvable = "12345678." + "." * 72
+    assert main(["solve", str(sudoku_run), solvable]) in (0, 1)   # answered: valid or not, the model's grid
+    assert "valid:" in capsys.readouterr().out
+
+
+def test_solve_out_naming_a_file(capsys, tmp_path, sudoku_run):
+    (tmp_path / "f").write_text("keep me")
+    line = one_error_line(capsys, "solve", sudoku_run, "." * 81, "--out", tmp_path / "f")
+    assert "--out" in line and str(tmp_path / "f") in line and (tmp_path / "f").read_text() == "keep me"

@@ -453,6 +453,11 @@ def bench(args):
         raise TrmError(f"unknown preset(s) {', '.join(unknown)}; presets: {', '.join(list_presets())}")
     if args.steps < 1 or args.warmup < 1:
         raise TrmError("--steps and --warmup must be >= 1")
+    for flag, values in (("--procs", args.procs), ("--T", args.T), ("--n", args.n)):
+        if any(v < 1 for v in values):
+            raise TrmError(f"{flag} {' '.join(map(str, values))}: every value must be >= 1")
+    for name in args.presets:  # a bad override fails here in one line, not as every case of the report skipped
+        load_config(name, args.overrides)
     args.command = "trm bench " + " ".join(shlex.quote(x) for x in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
         else "trm bench " + " ".join(shlex.quote(x) for x in args.items)
     if args.doc is None:  # never create docs/ in a user's directory; append only to a benchmarks file that exists

@@ -115,13 +115,36 @@ def _list(args):
           + (f"; status from {root}" if show_status else ""))
 
 
+def check_counts(args):
+    """argparse takes any integer: --jobs 0 would start nothing and report nothing done."""
+    for flag, value, low in (("--jobs", args.jobs, 1), ("--slurm-gpus", args.slurm_gpus, 0),
+                             ("--slurm-cpus", args.slurm_cpus, 0), ("--slurm-timeout-min", args.slurm_timeout_min, 1)):
+        if value < low:
+            raise TrmError(f"{flag} {value}: must be >= {low}")
+
+
+def refuse_if_all_invalid(plans):
+    """When no selected experiment has a valid config (a bad extra override, as a rule), nothing would run: one
+    line, exit 2. A few invalid ones among valid ones are listed by ``execute`` and the rest run."""
+    invalid = [p for p in plans if p.action == "invalid"]
+    if not plans or len(invalid) < len(plans):
+        return
+    errors = sorted({p.error for p in invalid})
+    ids = ", ".join(p.exp_id for p in invalid[:3]) + (f" and {len(invalid) - 3} more" if len(invalid) > 3 else "")
+    if len(errors) == 1:
+        raise TrmError(f"{errors[0]} (in every selected experiment: {ids})")
+    raise TrmError(f"no selected experiment has a valid config ({ids}); the first: {invalid[0].error}")
+
+
 def _run(args):
     from trmlab.studies.runner import execute, plan, write_study_info
+    check_counts(args)
     patterns, extra = _split(args.patterns)
     selection, by_name = _select(patterns)
     specs.check_applies(selection, args.base)
     root = runs_dir(args)
     plans = plan(selection, root, args.scale, args.base, extra, args.resume, args.data_root)
+    refuse_if_all_invalid(plans)
     if not args.dry_run:
         write_study_info(plans, by_name, args.scale, args.base)
     slurm = {"slurm_partition": args.slurm_partition, "gpus_per_node": args.slurm_gpus or None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import PuzzleTask
 
 
@@ -26,8 +27,10 @@ class SudokuTask(PuzzleTask):
     def solve(self, model, cfg, text: str, n_sup: int, out: str = "") -> int:
         """Print the solved grid, whether it is a valid solution of the givens, and the steps ACT used."""
         from trmlab.data.sudoku import (decode_tokens, encode_grid, format_grid, is_consistent,
-                                        is_valid_solution, parse_puzzle)
+                                        is_valid_solution, parse_puzzle, solve)
         puzzle = parse_puzzle(text)
+        if not solve(puzzle, limit=1)[0]:  # the model would print some grid; no grid is right
+            raise TrmError("puzzle: no two givens clash, but no grid completes them; it has no solution")
         batch = {"inputs": torch.from_numpy(encode_grid(puzzle).astype(np.int64))[None],
                  "puzzle_ids": torch.zeros(1, dtype=torch.long)}
         answer, steps = model.predict(batch, n_sup=n_sup, halt=cfg.model.halting == "act")
