@@ -121,11 +121,15 @@ class RecursiveModel(nn.Module):
 
 class HaltTracker:
     """ACT at inference: each sample keeps the answer of the step where its Q-head first said halt (q > 0),
-    or of the last step if it never did, and records how many supervision steps it used."""
+    or of the last step if it never did, and records how many supervision steps it used.
 
-    def __init__(self, n_sup: int):
-        self.n_sup, self.k = n_sup, 0
-        self.answer = self.steps = self.done = None
+    ``rule(q_logit, pred, previous_pred)`` -> [B] bool replaces "q > 0" (``trmlab.eval.halting`` has the rules
+    that keep accuracy; previous_pred is None at the first step)."""
+
+    def __init__(self, n_sup: int, rule=None):
+        self.n_sup, self.k, self.rule = n_sup, 0, rule
+        self.answer = self.steps = self.done = self.previous = None
+        self.q_logit = None  # [B] the halting logit of the step whose answer is kept (its confidence)
 
     def update(self, pred: torch.Tensor, q_logit: torch.Tensor | None):
         if self.answer is None:
@@ -134,8 +138,11 @@ class HaltTracker:
             self.done = torch.zeros(pred.shape[:1], dtype=torch.bool, device=pred.device)
         self.k += 1
         self.answer = torch.where(self.done.view(-1, *[1] * (pred.dim() - 1)), self.answer, pred)
+        previous, self.previous = self.previous, pred
         if q_logit is not None:
-            newly = ~self.done & (q_logit > 0)
+            self.q_logit = q_logit.clone() if self.q_logit is None else torch.where(self.done, self.q_logit, q_logit)
+            says_halt = self.rule(q_logit, pred, previous) if self.rule is not None else q_logit > 0
+            newly = ~self.done & says_halt
             self.steps = torch.where(newly, torch.full_like(self.steps, self.k), self.steps)
             self.done = self.done | newly
 

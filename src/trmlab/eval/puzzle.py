@@ -1,4 +1,8 @@
-"""Exact-match evaluation of puzzle models on a held-out split, per supervision step and with ACT halting."""
+"""Exact-match evaluation of puzzle models on a held-out split, per supervision step and with ACT halting.
+
+All ``n_sup_inference`` steps run for every puzzle (the paper's evaluation); the halted answer is the one of the
+step where ``halt_rule`` (``eval/halting.py``; default the paper's q > 0) first says stop, else the last step's.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ class PuzzleEval:
     predictions: np.ndarray      # [N, L] final-step answer tokens
     halted_predictions: np.ndarray
     q_logits: np.ndarray         # [N] final-step halting logits (ARC voting ranks ties by them)
+    halt_rule: str = "q"         # the rule exact_halted and mean_steps_halted were scored with
+    core_calls_per_step: int = 0  # core applications per puzzle and supervision step: T_recursion x (n_loops + 1)
 
     def metrics(self) -> dict:
         n = len(self.exact_per_step)
@@ -31,12 +37,16 @@ class PuzzleEval:
                 "fill_acc": float(self.fill_per_step[-1]),
                 "fill_acc_per_step": [round(float(v), 5) for v in self.fill_per_step],
                 "exact_acc_act": self.exact_halted, "mean_steps_act": self.mean_steps_halted,
+                "halt_rule": self.halt_rule,
+                # compute per puzzle: all steps, and what ACT spends when halted puzzles leave the batch
+                "core_calls_per_puzzle": n * self.core_calls_per_step,
+                "core_calls_per_puzzle_act": round(self.mean_steps_halted * self.core_calls_per_step, 3),
                 "n_sup_inference": n, "eval_samples": int(len(self.predictions))}
 
 
 @torch.no_grad()
 def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 0,
-                     batch_size: int = 0) -> PuzzleEval:
+                     batch_size: int = 0, halt_rule=None) -> PuzzleEval:
     """Run every held-out puzzle for ``n_sup_inference`` steps (all steps, as the paper's eval) and score each step."""
     n = len(split) if not max_samples else min(max_samples, len(split))
     batch_size = batch_size or max(cfg.train.batch_size, 64)
@@ -58,7 +68,7 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
         to_fill = valid & (labels != batch["inputs"])  # givens are copied; the blanks are the real work
         total_cells += int(valid.sum())
         total_fills += int(to_fill.sum())
-        carry, tracker = None, HaltTracker(n_sup)
+        carry, tracker = None, HaltTracker(n_sup, halt_rule)
         for k in range(n_sup):
             out = model.step(batch, carry)
             carry, pred = out.carry, out.logits.argmax(-1)
@@ -77,4 +87,6 @@ def evaluate_puzzles(model, split: PuzzleSplit, cfg, device, max_samples: int = 
                       float(np.concatenate(steps_used).mean()) if steps_used else 0.0,
                       np.concatenate(preds) if preds else np.zeros((0, split.inputs.shape[1]), np.int64),
                       np.concatenate(halted_preds) if preds else np.zeros((0, split.inputs.shape[1]), np.int64),
-                      np.concatenate(qs) if qs else np.zeros(0))
+                      np.concatenate(qs) if qs else np.zeros(0),
+                      halt_rule=halt_rule.label() if halt_rule is not None else "q",
+                      core_calls_per_step=model.T_recursion * (model.n_loops + 1))
