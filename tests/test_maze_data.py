@@ -249,8 +249,9 @@ def test_malformed_csv_names_file_and_line(tmp_path):
     write_rows(bad, [["s", q, gap, 1]])
     with pytest.raises(TrmError, match=r"line 2: .*connects"):
         M.load_csv(bad)
-    bad.write_text("source,q,a,rating\ns,x,y,1\n")
-    with pytest.raises(TrmError, match="lacks column"):
+    bad.write_text("source,maze,path,rating\ns,x,y,1\n")  # a header without Maze-Hard's question/answer columns
+    with pytest.raises(TrmError, match=r"bad\.csv: line 1: header has columns source,maze,path,rating, lacks "
+                                       r"question,answer; a Maze-Hard CSV has source,question,answer,rating"):
         M.load_csv(bad)
     with pytest.raises(TrmError, match="no such CSV"):
         M.load_csv(tmp_path / "missing.csv")

@@ -108,6 +108,9 @@ def evaluate_arguments(p):
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's; 1 on a busy machine)")
     p.add_argument("--out", help="ARC: where submission.json, arc_scores.json and pictures/ go (default: the run "
                                  "directory, replacing the ones its training wrote)")
+    p.add_argument("--puzzles", metavar="FILE", help="score every puzzle of a file instead, no dataset built: Sudoku "
+                                                     "CSV or text (one puzzle a line), Maze-Hard CSV, ARC task JSON, "
+                                                     "folder or ARC Prize challenges file")
 
 
 FLAG_MINIMUM = {"n_sup": (1, "supervision steps at inference"), "max_samples": (0, "0 = every puzzle"),
@@ -145,6 +148,8 @@ def evaluate(args):
     writes = "out_dir" in inspect.signature(task.evaluate).parameters
     if args.out and not writes:
         raise TrmError(f"--out {args.out}: the {cfg.task} evaluation writes no files")
+    if args.puzzles:
+        return _evaluate_puzzles(args, model, cfg)
     data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
     if args.split not in data.splits:
         raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
@@ -159,6 +164,28 @@ def evaluate(args):
     if "written_to" in metrics:
         print(f"per-task scores, submission and pictures: {metrics['written_to']}/"
               f"{{arc_scores.json, submission.json, pictures/}} (--json prints the per-task scores)")
+
+
+def _evaluate_puzzles(args, model, cfg):
+    """`trm eval <run> --puzzles FILE` (trmlab.eval.puzzle_files); ARC writes its files only with --out."""
+    import torch
+    from trmlab.eval.puzzle_files import evaluate_file, report_lines
+    if args.data or args.split != "test":
+        raise TrmError(f"--puzzles {args.puzzles}: scores the file's puzzles; drop --data / --split")
+    metrics = evaluate_file(model, cfg, args.puzzles, torch.device("cpu"), max_samples=args.max_samples,
+                            out_dir=Path(args.out) if args.out else None, data_root=args.data_root)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    counted = f"{metrics['num_tasks']} tasks, {metrics['eval_samples']:,} views" if "num_tasks" in metrics else \
+        f"{metrics['eval_samples']:,} puzzles"
+    skipped = f", {metrics['skipped']} skipped" if metrics["skipped"] else ""
+    print_eval({k: v for k, v in metrics.items() if k not in ("written_to", "skipped")},
+               title=f"{args.checkpoint} on {args.puzzles} ({counted}{skipped})")
+    for line in report_lines(metrics):
+        print(line)
+    if "written_to" in metrics:
+        print(f"submission and scores: {metrics['written_to']}/{{submission.json, arc_scores.json, pictures/}}")
 
 
 # ---------------------------------------------------------------------------------------------- trm solve

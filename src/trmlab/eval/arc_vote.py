@@ -94,15 +94,19 @@ def score(ranked: dict[tuple[str, int], list[Candidate]], solutions: dict[str, l
     return result
 
 
-def write_submission(ranked: dict[tuple[str, int], list[Candidate]], path) -> Path:
-    """ARC Prize JSON: {task id: [{"attempt_1": grid, "attempt_2": grid} per test index]}; gaps get [[0]]."""
-    by_task: dict[str, dict[int, list[Candidate]]] = {}
-    for (task_id, index), candidates in ranked.items():
-        by_task.setdefault(task_id, {})[index] = candidates
-    submission = {}
-    for task_id in sorted(by_task):
-        pairs = by_task[task_id]
-        submission[task_id] = [_attempts(pairs.get(i, [])) for i in range(max(pairs) + 1)]
+def write_submission(ranked: dict[tuple[str, int], list[Candidate]], path,
+                     test_counts: dict[str, int] | None = None) -> Path:
+    """The ARC Prize submission: {task id: [{"attempt_1": grid, "attempt_2": grid} per test input, in test order]}.
+
+    ``test_counts`` ({task id: number of test inputs}) lists every task to answer, so a task or test input with no
+    candidate still gets its entry ([[0]] attempts); by default the tasks and inputs ``ranked`` holds.
+    """
+    if test_counts is None:
+        test_counts = {}
+        for task_id, index in ranked:
+            test_counts[task_id] = max(test_counts.get(task_id, 0), index + 1)
+    submission = {task_id: [_attempts(ranked.get((task_id, i), [])) for i in range(test_counts[task_id])]
+                  for task_id in sorted(test_counts)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(submission))
@@ -113,3 +117,58 @@ def _attempts(candidates: list[Candidate]) -> dict:
     grids = [c.grid.tolist() for c in candidates[:2]]
     grids += [BLANK_ATTEMPT] * (2 - len(grids))
     return {"attempt_1": grids[0], "attempt_2": grids[1]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring a submission file as the ARC Prize does, from the public formats alone
+
+def score_submission(submission: dict, solutions: dict) -> dict:
+    """Score an ARC Prize submission against ARC Prize solutions ({task id: [output grid per test input]}).
+
+    A test input counts 1 when attempt_1 or attempt_2 equals its output exactly; a task scores the mean over its test
+    inputs, the submission the mean over the solutions' tasks (a task missing from the submission scores 0 and is
+    listed under ``missing``). A malformed submission raises TrmError naming the task.
+    """
+    if not isinstance(submission, dict):
+        raise TrmError("submission: expected an object {task id: [{\"attempt_1\": grid, \"attempt_2\": grid}, ...]}")
+    per_task, missing = {}, []
+    for task_id, outputs in solutions.items():
+        entries = submission.get(task_id)
+        if entries is None:
+            missing.append(task_id)
+            per_task[task_id] = 0.0
+            continue
+        if not isinstance(entries, list) or len(entries) != len(outputs):
+            n = len(entries) if isinstance(entries, list) else "no list of"
+            raise TrmError(f"submission: task {task_id}: {n} entries, but it has {len(outputs)} test inputs")
+        solved = []
+        for i, (entry, expected) in enumerate(zip(entries, outputs)):
+            if not isinstance(entry, dict) or not {"attempt_1", "attempt_2"} <= set(entry):
+                raise TrmError(f"submission: task {task_id} test {i}: expected {{\"attempt_1\": grid, "
+                               f"\"attempt_2\": grid}}")
+            solved.append(any(_same_grid(entry[k], expected) for k in ("attempt_1", "attempt_2")))
+        per_task[task_id] = float(np.mean(solved))
+    unknown = sorted(set(submission) - set(solutions))
+    return {"score": float(np.mean(list(per_task.values()))) if per_task else 0.0, "num_tasks": len(per_task),
+            "per_task": per_task, "missing": missing, "unknown_tasks": unknown}
+
+
+def _same_grid(attempt, expected) -> bool:
+    """Exact equality of two grids given as lists of rows (no broadcasting, no type coercion beyond int == int)."""
+    return (isinstance(attempt, list) and len(attempt) == len(expected)
+            and all(isinstance(row, list) and list(row) == list(want) for row, want in zip(attempt, expected)))
+
+
+def score_submission_files(submission_path, solutions_path) -> dict:
+    """``score_submission`` on a submission.json and an ARC Prize ``*_solutions.json``."""
+    loaded = []
+    for path in (submission_path, solutions_path):
+        try:
+            loaded.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise TrmError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise TrmError(f"{path}: unreadable ({type(e).__name__})") from None
+    if not isinstance(loaded[1], dict):
+        raise TrmError(f"{solutions_path}: expected an object {{task id: [output grid per test input]}}")
+    return score_submission(*loaded)

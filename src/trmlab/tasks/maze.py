@@ -89,6 +89,23 @@ class MazeTask(PuzzleTask):
                  for k in ("valid", "shortest", "connects")}
         return {"path_valid": share["valid"], "path_shortest": share["shortest"], "path_connects": share["connects"]}
 
+    def read_puzzle_file(self, cfg, path, data_root="data"):
+        """A Maze-Hard CSV as a one-split dataset; bad rows are left out and reported, as the builder does."""
+        from trmlab.data.maze import load_csv, maze_to_tokens
+        from trmlab.data.puzzles import PuzzleSplit
+        from trmlab.tasks.puzzle import PuzzleData
+        skipped: list[str] = []
+        inputs, labels = load_csv(path, skipped)
+        if inputs[0].size != cfg.model.seq_len:
+            side = math.isqrt(cfg.model.seq_len)
+            raise TrmError(f"{path}: the mazes are {inputs.shape[1]}x{inputs.shape[2]} but this run solves "
+                           f"{side}x{side} mazes")
+        n = len(inputs)
+        split = PuzzleSplit(inputs=np.stack([maze_to_tokens(g) for g in inputs]),
+                            labels=np.stack([maze_to_tokens(g) for g in labels]),
+                            puzzle_ids=np.zeros(n, np.int32), group_ids=np.arange(n, dtype=np.int32))
+        return PuzzleData(Path(path), {"test": split}, {"task": "maze", "skipped": skipped})
+
     def solve(self, model, cfg, text: str, n_sup: int, out: str = "") -> int:
         """Print the maze with the predicted path, whether it is a valid shortest path, and the steps ACT used."""
         from trmlab.data.maze import check_path, maze_to_tokens, render_maze, tokens_to_text

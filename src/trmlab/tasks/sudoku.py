@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -46,4 +48,29 @@ class SudokuTask(PuzzleTask):
         valid = [is_valid_solution(decode_tokens(p)) and is_consistent(decode_tokens(i), decode_tokens(p))
                  for i, p in zip(inputs, result.predictions)]
         # A valid grid that keeps the givens solves the puzzle even if it differs from the stored solution.
-        return {"valid_solution_acc": float(np.mean(valid)) if valid else 0.0}
+        metrics = {"valid_solution_acc": float(np.mean(valid)) if valid else 0.0}
+        if data.meta.get("breakdown"):  # a puzzle file (`trm eval --puzzles`): accuracy by blanks and by rating
+            metrics.update(self._breakdown(result, data.splits[split], data.meta.get("ratings")))
+        return metrics
+
+    @staticmethod
+    def _breakdown(result, split, ratings) -> dict:
+        from trmlab.eval.puzzle_files import accuracy_by, blank_bin, rating_bin
+        n = len(result.predictions)
+        correct = (np.asarray(result.predictions) == split.labels[:n]).all(axis=1)
+        out = {"exact_acc_by_blanks": accuracy_by(correct, (split.inputs[:n] == 1).sum(axis=1), blank_bin)}
+        if ratings is not None:
+            out["exact_acc_by_rating"] = accuracy_by(correct, np.asarray(ratings)[:n], rating_bin)
+        return out
+
+    def read_puzzle_file(self, cfg, path, data_root="data"):
+        """A Sudoku CSV (any layout of data.sudoku.CSV_LAYOUTS) or a text file of puzzles, as a one-split dataset."""
+        from trmlab.data.puzzles import PuzzleSplit
+        from trmlab.data.sudoku import TOKEN_DTYPE, read_puzzle_file
+        from trmlab.tasks.puzzle import PuzzleData
+        f = read_puzzle_file(path)
+        n = len(f.puzzles)
+        split = PuzzleSplit(inputs=(f.puzzles + 1).astype(TOKEN_DTYPE), labels=(f.solutions + 1).astype(TOKEN_DTYPE),
+                            puzzle_ids=np.zeros(n, np.int32), group_ids=np.arange(n, dtype=np.int32))
+        meta = {"task": "sudoku", "breakdown": True, "ratings": f.ratings, "skipped": f.skipped}
+        return PuzzleData(Path(path), {"test": split}, meta)
