@@ -2,19 +2,21 @@
 
 import errno
 import os
+import re
 import signal
 
-import numpy as np
 import pytest
 
 from trmlab.cli import main
+
+PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's lines on stderr while data is generated
 
 
 def one_error_line(capsys, *argv) -> str:
     """Run `trm argv...` in this process; assert exit 2 and a single `trm: error:` line on stderr; return it."""
     rc = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.search(line)]
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("trm: error: "), err
     return lines[0]
@@ -212,3 +214,33 @@ def test_solve_out_naming_a_file(capsys, tmp_path, sudoku_run):
     (tmp_path / "f").write_text("keep me")
     line = one_error_line(capsys, "solve", sudoku_run, "." * 81, "--out", tmp_path / "f")
     assert "--out" in line and str(tmp_path / "f") in line and (tmp_path / "f").read_text() == "keep me"
+
+
+SMALL_SUDOKU = ["data.n_train=8", "data.n_test=4", "data.num_aug=0", "data.min_blanks=20", "data.max_blanks=25"]
+
+
+def test_a_read_only_data_root_fails_before_generating(capsys, monkeypatch, tmp_path):
+    from pathlib import Path
+    import trmlab.data.sudoku as sudoku
+    real_touch = Path.touch
+
+    def read_only(self, *a, **k):
+        if self.parent == tmp_path / "ro":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_touch(self, *a, **k)
+    monkeypatch.setattr(Path, "touch", read_only)
+    monkeypatch.setattr(sudoku, "generate_puzzle", lambda *a, **k: pytest.fail("generated before checking"))
+    line = one_error_line(capsys, "data", "build", "sudoku", *SMALL_SUDOKU, "--data-root", tmp_path / "ro")
+    assert f"data root {tmp_path / 'ro'}: cannot write there (Read-only file system)" in line
+
+
+def test_a_full_disk_while_writing_a_dataset_leaves_no_partial_copy(capsys, monkeypatch, tmp_path):
+    import trmlab.data.puzzles as puzzles
+
+    def disk_full(path, arr):   # numpy's own words when the disk fills: no errno, no file name
+        path.write_bytes(b"\x93NUMPY partial")
+        raise OSError(f"{arr.nbytes} requested and 14 written")
+    monkeypatch.setattr(puzzles.np, "save", disk_full)
+    line = one_error_line(capsys, "data", "build", "sudoku", *SMALL_SUDOKU, "--data-root", tmp_path)
+    assert "could not write the dataset" in line and "disk full" in line and "nothing was replaced" in line
+    assert list(tmp_path.iterdir()) == []   # the half-written .tmp copy is gone, no dataset claims to be built

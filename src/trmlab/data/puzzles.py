@@ -129,7 +129,21 @@ def cached_dataset(task: str, params: dict, out_root, force: bool = False,
             print(f"rebuilding: {params['source']} changed since {out_dir} was built")
         except TrmError as e:
             print(f"rebuilding: {e}")
+    check_writable(out_root)  # before minutes of generating: a read-only data root fails now, in one line
     return out_dir, False
+
+
+def check_writable(root: str | Path):
+    """TrmError unless files can be created in ``root`` (made if missing), e.g. a read-only or file-named data root."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise TrmError(f"data root {root}: cannot write there ({e.strerror or e}); pass --data-root a writable "
+                       f"directory") from None
 
 
 def content_hash(splits: dict[str, PuzzleSplit]) -> str:
@@ -150,15 +164,20 @@ def save_puzzle_dataset(out_dir: str | Path, splits: dict[str, PuzzleSplit], met
         raise ValueError(f"puzzle metadata lacks {sorted(missing)}")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, data in splits.items():
-        for name, arr in data.arrays().items():
-            np.save(tmp / f"{split}_{name}.npy", arr)
     meta = dict(meta, format_version=FORMAT_VERSION, splits={k: len(v) for k, v in splits.items()},
                 content_hash=content_hash(splits))
     if "source_files" not in meta:  # what cached_dataset compares with the files to spot edits
         meta["source_files"] = source_signature(meta.get("config", {}))
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    try:
+        tmp.mkdir(parents=True)
+        for split, data in splits.items():
+            for name, arr in data.arrays().items():
+                np.save(tmp / f"{split}_{name}.npy", arr)
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    except OSError as e:  # a full disk (numpy says only "N requested and M written"), a read-only directory
+        shutil.rmtree(tmp, ignore_errors=True)  # the half-written copy would keep the disk full
+        reason = e.strerror or f"{e}; is the disk full?"
+        raise TrmError(f"{out_dir}: could not write the dataset ({reason}); nothing was replaced") from None
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
