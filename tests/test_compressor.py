@@ -27,14 +27,15 @@ from trmlab.errors import TrmError
 from trmlab.models.compressor import (
     DimensionCompressor,
     ReconstructionMetrics,
-    load_compressor_checkpoint,
+    load_compressor,
     pca_reconstruction,
     reconstruction_metrics,
+    save_compressor,
 )
 
 TINY = ["--model", "tiny-random", "--no_wandb", "--num_samples", "24", "--max_seq_length", "24", "--batch_size", "4",
         "--num_epochs", "2", "--text_source", "synthetic", "--dtype", "fp32", "--no_progress", "--shard_size", "8",
-        "--save_every", "5", "--eval_every", "5", "--log_every", "5", "--d_compressed", "16"]
+        "--save_every", "5", "--eval_every", "5", "--log_every", "5", "--d_compressed", "16", "--threads", "1"]
 
 
 def _args(*argv):
@@ -167,14 +168,33 @@ def test_trained_compressor_is_never_better_than_pca_on_held_out_data():
     assert comp["cosine_similarity"] <= pca["cosine_similarity"] + 0.01
 
 
-def test_checkpoint_roundtrip_is_safetensors_plus_json(tmp_path):
-    from trmlab.models.compressor import save_compressor_checkpoint
+def test_centring_lets_the_tied_compressor_match_pca_on_data_far_from_the_origin():
+    """PCA centres the data; a tied map through the origin cannot, and pays for the mean in every direction it
+    drops. With the training mean subtracted (``center``) training reaches PCA's held-out MSE within 2%."""
+    torch.manual_seed(0)
+    offset = torch.linspace(3.0, -2.0, 24)
+    train, test = _anisotropic(2048, 24, 3) + offset, _anisotropic(1024, 24, 4) + offset
+    pca = pca_reconstruction(train, test, 6)["mse"]
+    centred = DimensionCompressor(24, 6, center=True)
+    with torch.no_grad():
+        centred.mean.copy_(train.mean(0))
+    centred = _train(centred, train, 600, 1e-2)
+    bare = _train(DimensionCompressor(24, 6), train, 600, 1e-2)
+    gap = reconstruction_metrics(test, centred(test).detach())["mse"] / pca
+    assert 1 - 0.02 <= gap <= 1.02
+    assert reconstruction_metrics(test, bare(test).detach())["mse"] > 1.15 * pca   # spends a direction on the mean
+    assert centred.num_parameters() == 6 * 24 and "mean" in centred.state_dict()   # a buffer, not a parameter
 
-    m = DimensionCompressor(10, 4, bias=True)
-    save_compressor_checkpoint(tmp_path / "stage1a_final", m, {"stage": "1a", "step": 3})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1a_final.json", "stage1a_final.safetensors"]
-    m2, meta, extra = load_compressor_checkpoint(tmp_path / "stage1a_final.safetensors")
-    assert meta["config"] == {"d_model": 10, "d_compressed": 4, "bias": True} and meta["step"] == 3 and not extra
+
+def test_checkpoint_roundtrip_is_the_one_checkpoint_format(tmp_path):
+    m = DimensionCompressor(10, 4, bias=True, center=True)
+    with torch.no_grad():
+        m.mean.normal_()
+    path = save_compressor(tmp_path / "stage1a_final", m, {"stage": "1a"})
+    assert {p.name for p in path.iterdir()} >= {"model.safetensors", "state.json"}
+    assert not list(path.glob("*.pt")) and not list(tmp_path.glob(".*"))   # no scratch left behind
+    m2, state = load_compressor(path)
+    assert m2.config() == {"d_model": 10, "d_compressed": 4, "bias": True, "center": True} and state["stage"] == "1a"
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k])
 
@@ -267,7 +287,8 @@ def test_empty_text_sources_are_errors(tmp_path, capsys):
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"text": "   "}) + "\n")
     out = tmp_path / "run"
-    assert compress.main([*TINY, "--output_dir", str(out), "--text_source", str(blank)]) == 2
+    assert compress.main([*TINY, "--output_dir", str(out), "--data_root", str(tmp_path / "d"),
+                          "--text_source", str(blank)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "empty" in err and "\n" not in err
     assert not list(out.glob("stage*"))
@@ -292,66 +313,82 @@ def test_cot_corpus_has_think_blocks_and_is_deterministic():
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+# `trm compress` is a front over the one trainer: each stage is a run in --output_dir/stage<X>, exported to
+# --output_dir/stage<X>_final. 23 training samples / batch 4 x 2 epochs = 11 steps (train.epochs' rule).
+
+
+def _cli(out, root, *extra):
+    return _args(*TINY, "--output_dir", str(out), "--data_root", str(root), *extra)
 
 
 @pytest.fixture(scope="module")
-def stage1a_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("phase1")
-    assert compress.run(_args(*TINY, "--output_dir", str(out))) == 0
-    return out
+def phase1(tmp_path_factory):
+    """(output dir, data root) of one stage-1a run."""
+    out, root = tmp_path_factory.mktemp("phase1"), tmp_path_factory.mktemp("data")
+    assert compress.run(_cli(out, root)) == 0
+    return out, root
 
 
-def test_stage_1a_writes_seed_checkpoint_layout(stage1a_dir):
-    names = {p.name for p in stage1a_dir.iterdir()}
-    # 23 train samples / batch 4 = 5 steps per epoch, 2 epochs, --save_every 5
-    for stem in ("stage1a_step5", "stage1a_step10", "stage1a_final"):
-        assert f"{stem}.safetensors" in names and f"{stem}.json" in names
-    assert not any(n.endswith(".pt") for n in names)
-    meta = json.loads((stage1a_dir / "stage1a_final.json").read_text())
-    assert meta["config"] == {"d_model": 64, "d_compressed": 16, "bias": False} and meta["step"] == 10
-    assert set(meta["metrics"]) >= {"mse", "cosine_similarity", "relative_error", "variance_ratio"}
-    assert set(meta["pca"]) >= {"mse", "cosine_similarity"} and meta["source"]["model"] == "tiny-random"
-    records = [json.loads(line) for line in (stage1a_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if r["type"] == "eval"]
-    assert [r["step"] for r in evals] == [5, 10] and evals[-1]["final"]
-    assert evals[-1]["pca_mse"] <= evals[-1]["mse"] + 1e-6  # PCA is the optimum on held-out data
-    model, _, extra = load_compressor_checkpoint(stage1a_dir / "stage1a_step5")
-    assert set(extra) == {"optimizer.0.exp_avg", "optimizer.0.exp_avg_sq"}  # step checkpoints can resume
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_stage_1b_starts_from_1a_final(stage1a_dir, capsys):
-    assert compress.run(_args(*TINY, "--output_dir", str(stage1a_dir), "--stage", "1b")) == 0
-    out = capsys.readouterr().out
-    assert "starting from" in out and "stage1a_final" in out and "SYNTHETIC" in out
-    meta = json.loads((stage1a_dir / "stage1b_final.json").read_text())
-    assert meta["stage"] == "1b" and meta["init_from"].endswith("stage1a_final.safetensors")
-    assert (stage1a_dir / "stage1b_step5.safetensors").exists()
-    assert meta["source"]["text_source"] == "synthetic-cot"
-    # 1b really started from 1a: fewer steps than 1a took are needed to be at least as good on its own data
-    w1a = load_compressor_checkpoint(stage1a_dir / "stage1a_final")[0].weight
-    w1b = load_compressor_checkpoint(stage1a_dir / "stage1b_final")[0].weight
-    assert not torch.equal(w1a, w1b)
+def test_stage_1a_is_a_run_exported_under_the_seed_name(phase1):
+    out, root = phase1
+    run, final = out / "stage1a", out / "stage1a_final"
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000010", "step_0000011"]
+    names = {p.name for p in final.iterdir()}
+    assert {"model.safetensors", "state.json"} <= names and not any(n.startswith("optim") for n in names)
+    state = json.loads((final / "state.json").read_text())
+    assert state["step"] == 11 and state["config"]["task"] == "compressor"
+    export = state["export"]
+    assert set(export["metrics"]) >= {"mse", "cosine_similarity", "relative_error", "variance_ratio"}
+    assert set(export["pca"]) >= {"mse", "cosine_similarity"} and export["source"]["model"] == "tiny-random"
+    evals = [r for r in _records(run) if "eval" in r]
+    assert [r["step"] for r in evals] == [5, 10, 11]
+    assert evals[-1]["eval"]["pca_mse"] <= evals[-1]["eval"]["mse"] + 1e-6   # PCA is the optimum on held-out data
+    comp, _ = load_compressor(final)
+    assert comp.config() == {"d_model": 64, "d_compressed": 16, "bias": False, "center": True}
+    # the mean it subtracts is that of the training tokens (23 samples, fewer tokens than pca_max_tokens)
+    (cache_dir,) = (root / "hidden_states").iterdir()
+    x, mask = HiddenStateCache(cache_dir).get(range(23))
+    assert torch.allclose(comp.mean, x[mask].double().mean(0).float(), atol=1e-5)
+
+
+def test_stage_1b_starts_from_1a_final(phase1, capsys):
+    out, root = phase1
+    # at a vanishing learning rate 1b ends where it started: the 1a weights, re-centred on the CoT data
+    assert compress.run(_cli(out, root, "--stage", "1b", "--learning_rate", "1e-12")) == 0
+    text = capsys.readouterr().out
+    assert "starting from" in text and "stage1a_final" in text and "SYNTHETIC chain-of-thought" in text
+    export = json.loads((out / "stage1b_final" / "state.json").read_text())["export"]
+    assert export["stage"] == "1b" and export["init_from"].endswith("stage1a_final")
+    assert export["source"]["text_source"] == "synthetic-cot"
+    c1a, c1b = load_compressor(out / "stage1a_final")[0], load_compressor(out / "stage1b_final")[0]
+    assert torch.allclose(c1a.weight, c1b.weight, atol=1e-6) and not torch.allclose(c1a.mean, c1b.mean)
 
 
 def test_stage_1b_without_1a_fails_clearly(tmp_path):
     with pytest.raises(TrmError, match="stage 1a final checkpoint"):
-        compress.run(_args(*TINY, "--output_dir", str(tmp_path / "x"), "--stage", "1b"))
-    assert not (tmp_path / "x").exists()
+        compress.run(_cli(tmp_path / "x", tmp_path / "data", "--stage", "1b"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "data").exists()
 
 
-def test_mismatches_are_errors_and_overwrite_nothing(stage1a_dir, tiny_lm, tmp_path):
-    before = {p.name: _digest(p) for p in stage1a_dir.glob("stage1a_*")}
-    with pytest.raises(TrmError, match="D'=16 but --d_compressed is 8"):
-        compress.run(_args(*TINY, "--output_dir", str(stage1a_dir), "--stage", "1b", "--d_compressed", "8"))
-    with pytest.raises(TrmError, match="D'=16 but --d_compressed is 8"):
-        compress.run(_args(*TINY, "--output_dir", str(stage1a_dir), "--resume", "--d_compressed", "8"))
-    with pytest.raises(TrmError, match="already holds stage 1a checkpoints"):
-        compress.run(_args(*TINY, "--output_dir", str(stage1a_dir), "--d_compressed", "8"))
+def test_mismatches_are_errors_and_overwrite_nothing(phase1, tiny_lm, tmp_path):
+    out, root = phase1
+    before = {p.name: _digest(p) for p in (out / "stage1a_final").iterdir()}
+    with pytest.raises(TrmError, match="D'=16 but data.d_compressed is 8"):
+        compress.run(_cli(out, root, "--stage", "1b", "--d_compressed", "8"))
+    with pytest.raises(TrmError, match="data.d_compressed is 16 in the run, 8 given"):
+        compress.run(_cli(out, root, "--resume", "--d_compressed", "8"))
+    with pytest.raises(TrmError, match="already exists"):
+        compress.run(_cli(out, root))
     with pytest.raises(TrmError, match="hidden size D=64 but the source model has D=32"):
-        compress.run(_args(*TINY, "--output_dir", str(stage1a_dir), "--stage", "1b", "--model", str(tiny_lm)))
+        compress.run(_cli(out, root, "--stage", "1b", "--model", str(tiny_lm)))
     with pytest.raises(TrmError, match="exceeds the source model's hidden size"):
-        compress.run(_args(*TINY, "--output_dir", str(tmp_path / "big"), "--d_compressed", "65"))
-    assert {p.name: _digest(p) for p in stage1a_dir.glob("stage1a_*")} == before
+        compress.run(_cli(tmp_path / "big", root, "--d_compressed", "65"))
+    assert {p.name: _digest(p) for p in (out / "stage1a_final").iterdir()} == before
 
 
 def test_unknown_model_via_cli(tmp_path, monkeypatch, capsys):
@@ -363,34 +400,32 @@ def test_unknown_model_via_cli(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_resume_continues_from_the_latest_step(stage1a_dir, tmp_path):
-    out = tmp_path / "resume"
-    out.mkdir()
-    for stem in ("stage1a_step5",):
-        for ext in (".safetensors", ".json"):
-            (out / f"{stem}{ext}").write_bytes((stage1a_dir / f"{stem}{ext}").read_bytes())
-    cache = str(stage1a_dir / "hidden_states")
-    assert compress.run(_args(*TINY, "--output_dir", str(out), "--resume", "--cache_dir", cache)) == 0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert records[0]["type"] == "start" and records[0]["step"] == 5
-    resumed = load_compressor_checkpoint(out / "stage1a_final")[0].weight
-    straight = load_compressor_checkpoint(stage1a_dir / "stage1a_final")[0].weight
-    assert torch.allclose(resumed, straight, atol=1e-6)  # same data order, same optimizer state
+def test_resume_continues_from_the_latest_checkpoint(phase1, tmp_path):
+    out, root = phase1
+    import shutil
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "stage1a", resumed / "stage1a")
+    shutil.rmtree(resumed / "stage1a" / "checkpoints" / "step_0000011")   # as if stopped after step 10
+    assert compress.run(_cli(resumed, root, "--resume")) == 0
+    assert [r["step"] for r in _records(resumed / "stage1a") if "eval" in r] == [5, 10, 11]
+    w_resumed = load_compressor(resumed / "stage1a_final")[0].weight
+    assert torch.allclose(w_resumed, load_compressor(out / "stage1a_final")[0].weight, atol=1e-6)
 
 
 def test_sweep_writes_subdirs_table_plot_and_results(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    out = tmp_path / "sweep"
+    out, root = tmp_path / "sweep", tmp_path / "data"
     argv = [a for a in TINY if a != "--no_wandb"]
-    assert compress.run(_args(*argv, "--output_dir", str(out), "--sweep", "--sweep_d_values", "8", "32")) == 0
+    assert compress.run(_args(*argv, "--output_dir", str(out), "--data_root", str(root), "--sweep",
+                              "--sweep_d_values", "8", "32")) == 0
     text = capsys.readouterr().out
     try:
         import wandb  # noqa: F401
     except ImportError:
         assert text.count("wandb is not installed") == 1  # said once for the whole sweep
     for d in (8, 32):
-        assert (out / f"d{d}" / "stage1a_final.safetensors").exists()
-        assert (out / f"d{d}" / "metrics.jsonl").exists()
+        assert (out / f"d{d}" / "stage1a_final" / "model.safetensors").exists()
+        assert (out / f"d{d}" / "stage1a" / "metrics.jsonl").exists()
     assert "PCA cos" in text and "D_prime" in text
     png = out / "sweep_cosine_similarity.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -401,8 +436,7 @@ def test_sweep_writes_subdirs_table_plot_and_results(tmp_path, capsys, monkeypat
     assert rows[32]["pca"]["cosine_similarity"] > rows[8]["pca"]["cosine_similarity"]
     for r in rows.values():
         assert r["pca"]["mse"] <= r["compressor"]["mse"] + 1e-6
-    # one extraction shared by every D'
-    assert len(list((out / "hidden_states").iterdir())) == 1
+    assert len(list((root / "hidden_states").iterdir())) == 1   # one extraction shared by every D'
 
 
 def _free_port() -> int:
@@ -411,41 +445,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(stage1a_dir, tmp_path):
-    cache = str(stage1a_dir / "hidden_states")
-    common = [*TINY, "--cache_dir", cache]
+def test_two_processes_equal_one_with_the_same_global_batch(phase1, tmp_path):
+    out, root = phase1
     one = tmp_path / "one"
-    assert compress.run(_args(*common, "--output_dir", str(one), "--batch_size", "4")) == 0
+    assert compress.run(_cli(one, root, "--batch_size", "4")) == 0
     two = tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "trmlab.compress",
-           *common, "--output_dir", str(two), "--batch_size", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "trmlab.compress", *TINY, "--output_dir", str(two),
+           "--data_root", str(tmp_path / "data2"), "--batch_size", "2"]   # its own cache: both processes extract
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "(2 processes)" in proc.stdout
-    w1 = load_compressor_checkpoint(one / "stage1a_final")[0].weight
-    w2 = load_compressor_checkpoint(two / "stage1a_final")[0].weight
+    assert "global batch 4 (2 processes)" in proc.stdout
+    w1, w2 = load_compressor(one / "stage1a_final")[0].weight, load_compressor(two / "stage1a_final")[0].weight
     assert torch.allclose(w1, w2, atol=1e-5), (w1 - w2).abs().max()
-    m1 = json.loads((one / "stage1a_final.json").read_text())["metrics"]
-    m2 = json.loads((two / "stage1a_final.json").read_text())["metrics"]
+    m1, m2 = (json.loads((d / "stage1a_final" / "state.json").read_text())["export"]["metrics"] for d in (one, two))
     assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-4) and m1["num_tokens"] == m2["num_tokens"]
 
 
-def test_truncated_compressor_checkpoint_is_a_one_line_error(stage1a_dir, tmp_path, capsys):
-    out = tmp_path / "cut"
-    out.mkdir()
-    for ext in (".safetensors", ".json"):
-        (out / f"stage1a_final{ext}").write_bytes((stage1a_dir / f"stage1a_final{ext}").read_bytes())
-    final = out / "stage1a_final.safetensors"
-    final.write_bytes(final.read_bytes()[:50])
-    with pytest.raises(TrmError, match="stage1a_final.safetensors: corrupt or unreadable compressor checkpoint"):
-        load_compressor_checkpoint(out / "stage1a_final")
-    assert compress.main([*TINY, "--output_dir", str(out), "--stage", "1b"]) == 2
+def test_truncated_compressor_export_is_a_one_line_error(phase1, tmp_path, capsys):
+    out, root = phase1
+    import shutil
+    cut = tmp_path / "cut"
+    shutil.copytree(out / "stage1a_final", cut / "stage1a_final")
+    weights = cut / "stage1a_final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(TrmError, match="model.safetensors"):
+        load_compressor(cut / "stage1a_final")
+    assert compress.main([*TINY, "--output_dir", str(cut), "--data_root", str(root), "--stage", "1b"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "stage1a_final.safetensors: corrupt" in err and "\n" not in err
-    assert not list(out.glob("stage1b_*"))
+    assert err.startswith("error:") and "stage1a_final/model.safetensors" in err and "\n" not in err
+    assert not list(cut.glob("stage1b*"))
 
 
 def _tensors(path: Path) -> dict:
@@ -477,23 +507,20 @@ def test_truncated_hidden_state_shard_is_reported_and_re_extracted(tiny_lm, tmp_
     assert HiddenStateCache(out).get([8])[0].shape[0] == 1
 
 
-def test_cli_re_extracts_a_truncated_shard_and_keeps_only_the_latest_step_checkpoints(stage1a_dir, tmp_path,
-                                                                                     capsys):
+def test_cli_re_extracts_a_truncated_shard_and_keeps_only_the_latest_checkpoints(phase1, tmp_path, capsys):
+    out, root = phase1
     import shutil
-    cache = tmp_path / "hidden_states"
-    shutil.copytree(stage1a_dir / "hidden_states", cache)
-    (shard,) = cache.glob("1a-*/shard_00001.safetensors")
+    data = tmp_path / "data"
+    shutil.copytree(root / "hidden_states", data / "hidden_states")
+    (shard,) = (data / "hidden_states").glob("1a-*/shard_00001.safetensors")
     good = _tensors(shard)
     shard.write_bytes(shard.read_bytes()[:100])
-    out = tmp_path / "run"
-    assert compress.main([*TINY, "--output_dir", str(out), "--cache_dir", str(cache), "--save_every", "1",
+    run = tmp_path / "run"
+    assert compress.main([*TINY, "--output_dir", str(run), "--data_root", str(data), "--save_every", "1",
                           "--keep_checkpoints", "2"]) == 0
     assert "[1] of" in capsys.readouterr().out and _tensors(shard) == good
-    steps = sorted(p.name for p in out.glob("stage1a_step*"))             # 10 steps, one save each: two stay
-    assert steps == ["stage1a_step10.json", "stage1a_step10.safetensors",
-                     "stage1a_step9.json", "stage1a_step9.safetensors"]
-    assert load_compressor_checkpoint(out / "stage1a_step9")[2]           # the kept ones still resume
-    assert compress.main([*TINY, "--output_dir", str(tmp_path / "x"), "--keep_checkpoints", "-1"]) == 2
+    assert sorted(p.name for p in (run / "stage1a" / "checkpoints").iterdir()) == ["step_0000010", "step_0000011"]
+    assert compress.main([*TINY, "--output_dir", str(tmp_path / "x"), "--data_root", str(data), "--keep_checkpoints", "-1"]) == 2
     assert "--keep_checkpoints must be >= 0" in capsys.readouterr().err
 
 
@@ -501,7 +528,30 @@ def test_non_utf8_text_source_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     out = tmp_path / "run"
-    assert compress.main([*TINY, "--output_dir", str(out), "--text_source", str(bad)]) == 2
+    assert compress.main([*TINY, "--output_dir", str(out), "--data_root", str(tmp_path / "d"),
+                          "--text_source", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "bad.jsonl:2: not UTF-8" in err and "\n" not in err
-    assert not list(out.glob("stage*"))
+    assert not out.exists()
+
+
+def test_trm_train_runs_the_preset_and_trm_eval_reads_the_run(phase1, tmp_path):
+    """The same task without the front: `trm train compressor-1a ...`, then evaluation of the run."""
+    from trmlab.api import load
+    from trmlab.config import load_config
+    from trmlab.tasks import get_task
+    from trmlab.train.trainer import Trainer
+    out, root = phase1
+    cfg = load_config("compressor-1a", ["data.llm=tiny-random", "data.num_samples=24", "data.max_seq_length=24",
+                                        "data.text_source=synthetic", "data.dtype=fp32", "data.shard_size=8",
+                                        "data.d_compressed=16", "train.batch_size=4", "train.epochs=2",
+                                        "train.eval_interval=0", "train.threads=1"])
+    summary = Trainer(cfg, tmp_path / "run", data_root=root, quiet=True).fit()
+    assert summary["steps"] == 11 and summary["metric"] == "mse"
+    exported = json.loads((out / "stage1a_final" / "state.json").read_text())["export"]["metrics"]
+    assert summary["eval"]["mse"] == pytest.approx(exported["mse"], rel=1e-6)   # the front adds nothing
+    model, cfg = load(tmp_path / "run")
+    task = get_task("compressor")
+    again = task.evaluate(model, task.prepare(cfg, root), cfg, "cpu")
+    assert again["mse"] == pytest.approx(summary["eval"]["mse"], rel=1e-6)
+    assert again["mse_vs_pca"] == pytest.approx(again["mse"] / again["pca_mse"])

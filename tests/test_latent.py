@@ -220,8 +220,8 @@ def test_group_advantages_match_trl(tmp_path):
 # ------------------------------------------------------------------------------------------ bad input
 def test_mismatched_compressor_is_one_line_error(tmp_path):
     from trmlab.data.latent_pairs import build_latent_pairs
-    from trmlab.models.compressor import DimensionCompressor, save_compressor_checkpoint
-    save_compressor_checkpoint(tmp_path / "c", DimensionCompressor(64, 16), {})
+    from trmlab.models.compressor import DimensionCompressor, save_compressor
+    save_compressor(tmp_path / "c", DimensionCompressor(64, 16))
     cfg = load_config("latent-tiny", SMALL + [f"data.compressor={tmp_path / 'c'}", "data.d_compressed=16"])
     with pytest.raises(TrmError, match="D=64, but LLM tiny-arith has hidden size 128"):
         build_latent_pairs(cfg.data, tmp_path / "data")
@@ -330,16 +330,16 @@ def test_any_local_hf_model_and_chat_templates(tmp_path):
 def test_non_utf8_problem_file_and_truncated_compressor_are_one_line_errors(tmp_path):
     from trmlab.data.latent_pairs import build_latent_pairs
     from trmlab.llm.problems import load_problems
-    from trmlab.models.compressor import DimensionCompressor, save_compressor_checkpoint
+    from trmlab.models.compressor import DimensionCompressor, save_compressor
     for name, body in (("p.jsonl", b'{"question": "1+1", "thinking": "ok", "answer": "2"}\n{"question": "\xff"}\n'),
                        ("p.json", b'[{"question": "\xe9"}]')):
         f = tmp_path / name
         f.write_bytes(body)
         with pytest.raises(TrmError, match=rf"{name}:\d+: not UTF-8"):
             load_problems(str(f), "train", 0)
-    tensors, _ = save_compressor_checkpoint(tmp_path / "c", DimensionCompressor(128, 16), {})
+    tensors = save_compressor(tmp_path / "c", DimensionCompressor(128, 16)) / "model.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:40])                        # a copy cut short
     cfg = load_config("latent-tiny", SMALL + [f"data.compressor={tmp_path / 'c'}", "data.d_compressed=16"])
-    with pytest.raises(TrmError, match=r"c.safetensors: corrupt or unreadable compressor checkpoint"):
+    with pytest.raises(TrmError, match=r"c/model.safetensors.*(cut short|corrupt)"):
         build_latent_pairs(cfg.data, tmp_path / "data")
     assert not (tmp_path / "data" / "llm").exists()

@@ -10,7 +10,7 @@ import torch
 
 from trmlab import compress
 from trmlab.config import load_config
-from trmlab.data.hidden_states import HiddenStateCache, find_source_loader, load_hidden_state_source
+from trmlab.data.hidden_states import HiddenStateCache, find_source_loader, iter_texts, load_hidden_state_source
 from trmlab.data.text import TextDataConfig, build_text
 from trmlab.data.trmlab_source import TrmlabLMSource
 from trmlab.errors import TrmError
@@ -106,7 +106,7 @@ def _tiny_args(runs, root, name, out, *extra):
     return ["--model", str(runs / name), "--data_root", str(root), "--no_wandb", "--num_samples", "24",
             "--max_seq_length", "512", "--batch_size", "4", "--num_epochs", "1", "--text_source", "synthetic",
             "--dtype", "fp32", "--no_progress", "--shard_size", "8", "--output_dir", str(out), "--threads", "1",
-            *extra]
+            "--cache_dir", str(out / "hidden_states"), *extra]
 
 
 def test_compress_runs_end_to_end_on_a_trained_run(lm_runs, tmp_path, capsys):
@@ -122,14 +122,14 @@ def test_compress_runs_end_to_end_on_a_trained_run(lm_runs, tmp_path, capsys):
     for r in res["results"]:
         assert r["pca"]["mse"] <= r["compressor"]["mse"] + 1e-6
         assert r["throughput"]["samples_per_s"] > 0
-    (cache_dir,) = (out / "hidden_states").iterdir()
+    (cache_dir,) = (p for p in (out / "hidden_states").iterdir() if p.is_dir())
     cfg = json.loads((cache_dir / "manifest.json").read_text())["config"]
     assert cfg["source"]["kind"] == "trmlab" and cfg["source"]["arch"] == "recursive" and len(cfg["source"]["sha1"]) == 40
     cache = HiddenStateCache(cache_dir)
     assert max(s["max_length"] for s in cache.shards) <= 32
     # the stored states are the model's final states for the same texts
     src = _source(runs, root, "rec")
-    texts = list(compress.iter_texts("synthetic", "1a", num_samples=2, seed=42, log=lambda m: None))
+    texts = list(iter_texts("synthetic", "1a", num_samples=2, seed=42, log=lambda m: None))
     ids, mask = src.encode(texts)
     got, got_mask = cache.get([0, 1])
     assert torch.equal(got_mask, mask.bool()[:, : got_mask.shape[1]])
@@ -143,8 +143,8 @@ def test_gpt_run_with_a_chosen_layer(lm_runs, tmp_path):
     runs, root = lm_runs
     out = tmp_path / "gpt"
     assert compress.main(_tiny_args(runs, root, "gpt", out, "--layer", "1", "--d_compressed", "8")) == 0
-    meta = json.loads((out / "stage1a_final.json").read_text())
-    assert meta["source"]["layer"] == 1 and meta["source"]["fingerprint"]["arch"] == "gpt"
+    source = json.loads((out / "stage1a_final" / "state.json").read_text())["export"]["source"]
+    assert source["layer"] == 1 and source["fingerprint"]["arch"] == "gpt"
 
 
 def _one_line_error(capsys, argv, *needles):
@@ -190,14 +190,15 @@ def test_hidden_size_mismatch_with_a_1a_checkpoint_of_another_model(lm_runs, tmp
     out = tmp_path / "p"
     tiny = ["--model", "tiny-random", "--no_wandb", "--num_samples", "24", "--max_seq_length", "24", "--batch_size",
             "4", "--num_epochs", "1", "--text_source", "synthetic", "--no_progress", "--shard_size", "8",
-            "--d_compressed", "16", "--output_dir", str(out)]
+            "--d_compressed", "16", "--output_dir", str(out), "--data_root", str(tmp_path / "data"), "--threads", "1"]
     assert compress.main(tiny) == 0  # a 1a compressor for D = 64
     capsys.readouterr()
-    before = (out / "stage1a_final.safetensors").read_bytes()
+    before = (out / "stage1a_final" / "model.safetensors").read_bytes()
     _one_line_error(capsys, _tiny_args(runs, root, "rec", out, "--stage", "1b", "--d_compressed", "16"),
                     "D=64 but the source model has D=32")
-    _one_line_error(capsys, _tiny_args(runs, root, "rec", out, "--d_compressed", "16"), "already holds")
-    assert (out / "stage1a_final.safetensors").read_bytes() == before and not (out / "stage1b_final.json").exists()
+    _one_line_error(capsys, _tiny_args(runs, root, "rec", out, "--d_compressed", "16"), "already exists")
+    assert (out / "stage1a_final" / "model.safetensors").read_bytes() == before
+    assert not (out / "stage1b_final").exists()
 
 
 def test_only_run_directories_are_claimed(lm_runs, tmp_path):

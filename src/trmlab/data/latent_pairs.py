@@ -21,14 +21,15 @@ the ceiling of latent thinking with this compressor; ``oracle_raw``: without com
 sample as 1 (right), 0 (wrong) or -1 (the answer checker raised: logged and skipped), so any subset can be scored.
 
 Compressor: ``pca`` fits the optimal rank-D' affine map on the training states (a ``DimensionCompressor`` with
-biases, saved in phase 1's checkpoint format), or a path to a phase-1 checkpoint, whose D must equal the LLM's.
+biases, saved in the one checkpoint format), or a phase-1 compressor (``trm compress``'s stage1b_final export, a
+checkpoint or a run directory), whose D must equal the LLM's.
 
 Layout of ``<data_root>/latent-<hash>/`` (written under a temporary name, then renamed)::
 
     train.safetensors   x [N, n_context, D'], x_mask [N, n_context], target [N, K, D']
     test.safetensors    the same + nothink, think, oracle, oracle_raw [N] int8
     train.jsonl test.jsonl   the problems (question, thinking, answer)
-    compressor.safetensors + compressor.json    the compressor used
+    compressor/         the compressor used (model.safetensors + state.json, the one checkpoint format)
     metadata.json       config, LLM dims, layer, scale, baseline accuracies, timings
 """
 
@@ -47,7 +48,7 @@ import torch
 from trmlab.config import choice
 from trmlab.errors import TrmError
 
-FORMAT = "trmlab.latent_pairs/1"
+FORMAT = "trmlab.latent_pairs/2"   # 2: the compressor saved in the one checkpoint format
 
 
 @dataclass
@@ -101,8 +102,9 @@ def pairs_dir(cfg: LatentDataConfig, data_root: str | Path) -> Path:
     key = {k: v for k, v in asdict(cfg).items() if k not in TRAINING_ONLY}
     key["format"] = FORMAT
     comp = Path(cfg.compressor).expanduser()
-    if cfg.compressor != "pca" and comp.with_suffix(".safetensors").exists():
-        key["compressor_mtime"] = comp.with_suffix(".safetensors").stat().st_mtime
+    weights = list(comp.rglob("model.safetensors")) if cfg.compressor != "pca" and comp.is_dir() else []
+    if weights:   # a compressor retrained at the same path gives new pairs
+        key["compressor_mtime"] = max(f.stat().st_mtime for f in weights)
     return Path(data_root) / f"latent-{hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
@@ -152,18 +154,18 @@ def fit_pca_compressor(states: torch.Tensor, d_compressed: int):
 
 def checkpoint_compressor(cfg: LatentDataConfig, d_model: int, layer: int, log=print):
     """A phase-1 checkpoint, checked against the LLM's hidden size and data.d_compressed."""
-    from trmlab.models.compressor import checkpoint_paths, load_compressor_checkpoint
-    if not checkpoint_paths(cfg.compressor)[0].exists():  # say how to get one, not only that it is missing
+    from trmlab.models.compressor import load_compressor
+    if not Path(cfg.compressor).expanduser().exists():  # say how to get one, not only that it is missing
         raise TrmError(f"no phase-1 compressor at {cfg.compressor}: train it with `trm compress --model {cfg.llm} "
                        f"--layer {layer} ...` (docs/compressor.md), or set data.compressor=pca")
-    comp, meta, _ = load_compressor_checkpoint(cfg.compressor)
+    comp, state = load_compressor(Path(cfg.compressor).expanduser())
     if comp.d_model != d_model:
         raise TrmError(f"compressor {cfg.compressor} maps D={comp.d_model}, but LLM {cfg.llm} has hidden size "
                        f"{d_model}: train a compressor on this LLM (trm compress --model ...)")
     if cfg.d_compressed and comp.d_compressed != cfg.d_compressed:
         raise TrmError(f"compressor {cfg.compressor} has D'={comp.d_compressed}, but data.d_compressed="
                        f"{cfg.d_compressed}")
-    src_layer = meta.get("source", {}).get("layer")
+    src_layer = ((state.get("config") or {}).get("data") or {}).get("layer")   # the phase-1 run's data.layer
     if src_layer not in (None, layer):
         log(f"note: compressor {cfg.compressor} was trained on layer {src_layer} states; using it on layer {layer}")
     return comp
@@ -257,7 +259,7 @@ def _compress(raw: dict, comp, cfg: LatentDataConfig, log=print):
 def _write(out: Path, cfg: LatentDataConfig, probs, comp, comp_states, scale: float, flags, meta: dict):
     """Write the dataset under a temporary name, then rename it into place (a crash leaves no half dataset)."""
     from trmlab.data.hidden_states import atomic_save_safetensors
-    from trmlab.models.compressor import save_compressor_checkpoint
+    from trmlab.models.compressor import save_compressor
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -267,7 +269,7 @@ def _write(out: Path, cfg: LatentDataConfig, probs, comp, comp_states, scale: fl
             tensors.update(flags)
         atomic_save_safetensors(tmp / f"{split}.safetensors", tensors, metadata={"format": FORMAT})
         (tmp / f"{split}.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in probs[split]))
-    save_compressor_checkpoint(tmp / "compressor", comp, {"source": {"model": cfg.llm, "layer": meta["layer"]}})
+    save_compressor(tmp / "compressor", comp, {"source": {"model": cfg.llm, "layer": meta["layer"]}})
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -5,9 +5,11 @@ The compressor reduces the *feature* dimension only (seed 001)::
 
     [B, L, D] --compress--> [B, L, D'] --decompress--> [B, L, D]
 
-with one weight matrix ``W`` of shape ``[D', D]``: ``z = x @ W.T (+ b_enc)`` and ``x_hat = z @ W (+ b_dec)``.
-Without biases (the default) the parameter count is exactly ``D' * D`` — 196,608 for D'=64, D=3072, as in
-seed 001's table.
+with one weight matrix ``W`` of shape ``[D', D]``: ``z = (x - mean) @ W.T (+ b_enc)`` and
+``x_hat = z @ W (+ b_dec) + mean``. Without biases (the default) the parameter count is exactly ``D' * D`` — 196,608
+for D'=64, D=3072, as in seed 001's table. ``center=True`` adds ``mean``, a fixed buffer (not a parameter) set to the
+training tokens' mean: PCA centres the data, and without it a tied map through the origin cannot reach PCA's
+error on data whose mean is far from 0 (``tasks/compressor.py`` sets it; docs/compressor.md has the gap).
 
 Metrics (``reconstruction_metrics`` / ``ReconstructionMetrics``), always over real (mask == 1) tokens only:
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +44,8 @@ METRIC_NAMES = ("mse", "cosine_similarity", "relative_error", "variance_ratio")
 class DimensionCompressor(nn.Module):
     """Weight-tied linear autoencoder over the last dimension: D -> D' -> D."""
 
-    def __init__(self, d_model: int, d_compressed: int, bias: bool = False, init: str = "orthogonal"):
+    def __init__(self, d_model: int, d_compressed: int, bias: bool = False, init: str = "orthogonal",
+                 center: bool = False):
         super().__init__()
         if int(d_model) <= 0 or int(d_compressed) <= 0:
             raise TrmError(f"compressor dimensions must be positive, got d_model={d_model}, d_compressed={d_compressed}")
@@ -57,6 +61,9 @@ class DimensionCompressor(nn.Module):
         else:
             self.register_parameter("encoder_bias", None)
             self.register_parameter("decoder_bias", None)
+        self.center = bool(center)
+        if self.center:  # the data mean, subtracted before compressing and added back after (as PCA does)
+            self.register_buffer("mean", torch.zeros(self.d_model))
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "orthogonal") -> None:
@@ -83,7 +90,10 @@ class DimensionCompressor(nn.Module):
         if x.shape[-1] != self.d_model:
             raise TrmError(f"compressor expects hidden size {self.d_model}, got {x.shape[-1]}")
         w = self.weight
-        z = x.to(w.dtype) @ w.t()
+        x = x.to(w.dtype)
+        if self.center:
+            x = x - self.mean
+        z = x @ w.t()
         if self.encoder_bias is not None:
             z = z + self.encoder_bias
         return z
@@ -95,16 +105,19 @@ class DimensionCompressor(nn.Module):
         x_hat = z @ self.weight
         if self.decoder_bias is not None:
             x_hat = x_hat + self.decoder_bias
+        if self.center:
+            x_hat = x_hat + self.mean
         return x_hat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decompress(self.compress(x))
 
     def config(self) -> dict:
-        return {"d_model": self.d_model, "d_compressed": self.d_compressed, "bias": self.use_bias}
+        return {"d_model": self.d_model, "d_compressed": self.d_compressed, "bias": self.use_bias,
+                "center": self.center}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_compressed={self.d_compressed}, bias={self.use_bias}"
+        return f"d_model={self.d_model}, d_compressed={self.d_compressed}, bias={self.use_bias}, center={self.center}"
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -309,76 +322,64 @@ __all__ = [
 ]
 
 
+
 # ------------------------------------------------------------------------------------------------ checkpoints
-
-CHECKPOINT_FORMAT = "trmlab.compressor/1"
-
-
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``stage1a_final`` / ``stage1a_final.safetensors`` / ``stage1a_final.json`` -> (tensors, sidecar) paths."""
-    p = Path(path)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+# A compressor is saved in the one checkpoint format (train/checkpoint.py): a run's checkpoints/step_N, or a flat
+# copy of one (model.safetensors + state.json) such as `trm compress`'s stage1a_final export. Its shape is read
+# from the tensors themselves, so any of them loads without the config that trained it.
 
 
-def save_compressor_checkpoint(path: str | os.PathLike, model: DimensionCompressor, meta: dict,
-                               extra_tensors: dict[str, torch.Tensor] | None = None) -> tuple[Path, Path]:
-    """Writes ``<path>.safetensors`` (weights + ``extra_tensors``) then ``<path>.json`` (``meta`` + the config),
-    each to a temporary name first and renamed: the sidecar appears only once the tensors are complete."""
-    from safetensors.torch import save_file
-
-    tensors_path, json_path = checkpoint_paths(path)
-    tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    for k, v in (extra_tensors or {}).items():
-        tensors[k] = v.detach().to("cpu").contiguous()
-    tmp = tensors_path.with_name(f".{tensors_path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    os.replace(tmp, tensors_path)
-    sidecar = dict(meta)
-    sidecar["format"] = CHECKPOINT_FORMAT
-    sidecar["config"] = model.config()
-    sidecar["num_parameters"] = model.num_parameters()
-    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, json_path)
-    return tensors_path, json_path
-
-
-def read_checkpoint_meta(path: str | os.PathLike) -> dict:
-    tensors_path, json_path = checkpoint_paths(path)
-    if not json_path.exists() or not tensors_path.exists():
-        raise TrmError(f"no compressor checkpoint at {tensors_path} (+ {json_path.name})")
+def compressor_from_weights(weights: dict, where) -> DimensionCompressor:
+    """The DimensionCompressor whose state dict ``weights`` is (shape, biases and mean read from the tensors)."""
+    w = weights.get("weight")
+    if w is None or w.dim() != 2:
+        raise TrmError(f"{where}: not a compressor checkpoint (no [D', D] weight)")
+    model = DimensionCompressor(w.shape[1], w.shape[0], bias="decoder_bias" in weights, center="mean" in weights)
     try:
-        meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError:
-        raise TrmError(f"{json_path} is not valid JSON") from None
-    if meta.get("format") != CHECKPOINT_FORMAT or "config" not in meta:
-        raise TrmError(f"{json_path} is not a trmlab compressor checkpoint")
-    return meta
-
-
-def load_compressor_checkpoint(path: str | os.PathLike, map_location="cpu"
-                               ) -> tuple[DimensionCompressor, dict, dict[str, torch.Tensor]]:
-    """(model, sidecar meta, the other tensors stored with it, e.g. optimizer state)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    meta = read_checkpoint_meta(path)
-    cfg = meta["config"]
-    model = DimensionCompressor(cfg["d_model"], cfg["d_compressed"], bias=cfg.get("bias", False))
-    f = checkpoint_paths(path)[0]
-    try:  # a run killed mid-copy or a full disk leaves a truncated file: one line, as train/checkpoint.py does
-        tensors = load_file(str(f), device=str(map_location))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TrmError(f"{f}: corrupt or unreadable compressor checkpoint ({str(e).splitlines()[0][:120]})") from None
-    own = {k: tensors.pop(k) for k in list(tensors) if k in model.state_dict()}
-    try:
-        model.load_state_dict(own)
+        model.load_state_dict(weights)
     except RuntimeError as e:
-        raise TrmError(f"{f}: weights do not match its config ({str(e).splitlines()[0]})") from None
-    return model, meta, tensors
+        raise TrmError(f"{where}: weights are not a compressor's ({str(e).splitlines()[0]})") from None
+    return model
 
 
-__all__ += ["save_compressor_checkpoint", "load_compressor_checkpoint", "read_checkpoint_meta", "checkpoint_paths"]
+def load_compressor(path: str | os.PathLike) -> tuple[DimensionCompressor, dict]:
+    """(compressor, state.json) from an export, a checkpoint directory or a run directory (its newest checkpoint)."""
+    from trmlab.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, with_optimizer=False, with_ema=False)
+    return compressor_from_weights(ckpt.model, ckpt.path), ckpt.state
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` (weights + state, no optimizer), ``extra`` added to its state.json; written
+    under a temporary name and renamed, so ``dst`` is the old export or the new one, never half of either."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("optim"):   # Adam's moments: twice the weights, only for resuming
+            shutil.copy2(f, tmp / f.name)
+    state = json.loads((tmp / "state.json").read_text())
+    (tmp / "state.json").write_text(json.dumps({**state, **extra}, indent=2, default=str))
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
+def save_compressor(path: str | os.PathLike, model: DimensionCompressor, extra: dict | None = None) -> Path:
+    """A compressor made outside a run (phase 2's PCA map, tests) as a checkpoint directory at ``path``."""
+    from trmlab.train.checkpoint import save_checkpoint
+
+    path = Path(path)
+    scratch = path.with_name(f".{path.name}.run{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    state = {"config": {"task": "compressor"}, "compressor": model.config(), **(extra or {})}
+    step_dir = save_checkpoint(scratch, 0, model.state_dict(), state, keep=1)
+    export_checkpoint(step_dir, path, {})
+    shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+__all__ += ["compressor_from_weights", "load_compressor", "export_checkpoint", "save_compressor"]

@@ -16,6 +16,7 @@ TASKS = {
     "arc": "trmlab.tasks.arc:ArcTask",
     "lm": "trmlab.tasks.lm:LMTask",
     "latent": "trmlab.tasks.latent:LatentTask",
+    "compressor": "trmlab.tasks.compressor:CompressorTask",
 }
 
 _cache: dict = {}

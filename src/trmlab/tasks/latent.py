@@ -215,9 +215,9 @@ class LatentTask:
         """The source LLM and the compressor, loaded once per dataset object."""
         if not data.llm:
             from trmlab.llm.model import load_llm
-            from trmlab.models.compressor import load_compressor_checkpoint
+            from trmlab.models.compressor import load_compressor
             model, tok = load_llm(cfg.data.llm, cfg.data.tiny_spec(), data.path.parent / "llm",
                                   dtype=cfg.data.llm_dtype)
-            comp, _, _ = load_compressor_checkpoint(data.path / "compressor")
+            comp, _ = load_compressor(data.path / "compressor")
             data.llm.update(model=model, tokenizer=tok, compressor=comp.eval())
         return data.llm
