@@ -80,6 +80,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     argparse stops filling a positional list at the first option, so the stragglers are collected here."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `trm train` relaunches in N processes
     if getattr(args, "unloaded", False):  # whatever its arguments, the verb could not be loaded: say so, not them
         return args
     # `--key=value` as in the seeds' scripts (`--matrix_lr=0.001`) is an override like `key=value`
@@ -109,11 +110,12 @@ def check_directories(args):
             raise TrmError(f"--{name.replace('_', '-')} {value} {where}; it must name a directory")
 
 
-def os_error_line(e: OSError) -> str:
-    """An OSError as one line naming the path (a full disk, a read-only directory, a file where a directory goes)."""
+def os_error_line(e: OSError, command: str) -> str:
+    """An OSError as one line naming the path (a full disk, a read-only directory, a file where a directory goes);
+    a write that fails at close names no file, so the line says which command was writing."""
     paths = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     reason = e.strerror or str(e)
-    return f"{paths}: {reason}" if paths else reason
+    return f"{paths}: {reason}" if paths else f"{reason} (while `trm {command}` was reading or writing files)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         check_directories(args)
         rc = args.func(args)
     except TrmError as e:
-        print(f"trm: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:  # data-parallel workers meet the same bad input: rank 0 says it
+            print(f"trm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:   # the trainer saved a checkpoint first (Interrupted says which signal came)
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
         return 0
     except OSError as e:  # the last resort for a disk or permission failure no verb turned into a TrmError
-        print(f"trm: error: {os_error_line(e)}", file=sys.stderr)
+        print(f"trm: error: {os_error_line(e, args.command)}", file=sys.stderr)
         return 2
     return int(rc or 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from trmlab.config import from_dict, list_presets, load_config, parse_overrides, preset_dict
@@ -54,6 +55,9 @@ def train_arguments(p):
     p.add_argument("preset", help="preset name (see `trm presets`), a YAML file, or a run directory")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.n_embd=256 train.steps=2000")
     run_options(p)
+    p.add_argument("--processes", type=int, default=0,
+                   help="data-parallel processes (default: one per core on a CPU when the batch splits evenly; "
+                        "1 keeps one process)")
 
 
 def run_dir_of(args, cfg, default: str = "run") -> Path:
@@ -70,10 +74,21 @@ def train(args):
     if args.name:
         cfg.name = args.name
     run_dir = run_dir_of(args, cfg)
+    from trmlab.train.launch import choose_processes, launch
+    if args.processes < 0:
+        raise TrmError(f"--processes {args.processes}: must be >= 0 (0 = one per core)")
+    processes, why = choose_processes(cfg, args.processes)
+    if why and not args.quiet:
+        print(f"trm train: {why}")
+    if processes > 1:
+        from trmlab.tasks import get_task
+        get_task(cfg.task).build_data(cfg.data, args.data_root)  # once, here: a bad source is one line, once
+        return launch(args.argv, processes)
     from trmlab.train.trainer import train as run_training
     summary = run_training(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
                            data_root=args.data_root, quiet=args.quiet)
-    print_eval(summary["eval"], title=f"{run_dir}: {summary['steps']} steps, {summary['train_time_s']:.0f} s")
+    if int(os.environ.get("RANK", 0)) == 0:  # one table, not one per data-parallel process
+        print_eval(summary["eval"], title=f"{run_dir}: {summary['steps']} steps, {summary['train_time_s']:.0f} s")
 
 
 def print_eval(metrics: dict, title: str = ""):
@@ -111,6 +126,8 @@ def evaluate_arguments(p):
     p.add_argument("--puzzles", metavar="FILE", help="score every puzzle of a file instead, no dataset built: Sudoku "
                                                      "CSV or text (one puzzle a line), Maze-Hard CSV, ARC task JSON, "
                                                      "folder or ARC Prize challenges file")
+    from trmlab.eval.test_time import add_arguments as test_time_arguments
+    test_time_arguments(p)
 
 
 FLAG_MINIMUM = {"n_sup": (1, "supervision steps at inference"), "max_samples": (0, "0 = every puzzle"),
@@ -137,7 +154,9 @@ def evaluate(args):
     from trmlab.tasks import get_task
     import inspect
     import torch
+    from trmlab.eval.test_time import options_from_args
     check_flags(args, "n_sup", "max_samples", "threads")
+    options = options_from_args(args)  # bad test-time options are refused before anything loads
     if args.threads:
         torch.set_num_threads(args.threads)
     model, cfg = load(args.checkpoint, use_ema=not args.no_ema)
@@ -148,6 +167,8 @@ def evaluate(args):
     writes = "out_dir" in inspect.signature(task.evaluate).parameters
     if args.out and not writes:
         raise TrmError(f"--out {args.out}: the {cfg.task} evaluation writes no files")
+    if not options.is_plain:
+        return _evaluate_test_time(args, model, cfg, task, options)
     if args.puzzles:
         return _evaluate_puzzles(args, model, cfg)
     data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
@@ -155,7 +176,7 @@ def evaluate(args):
         raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
     out = {"out_dir": Path(args.out) if args.out else run_of(args.checkpoint)} if writes else {}
     metrics = task.evaluate(model, data, cfg, torch.device("cpu"), split=args.split, max_samples=args.max_samples,
-                            **out)
+                            **out, **_halting(args, model, cfg, task, data.splits.get("train")))
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -166,14 +187,56 @@ def evaluate(args):
               f"{{arc_scores.json, submission.json, pictures/}} (--json prints the per-task scores)")
 
 
+def _halting(args, model, cfg, task, train_split) -> dict:
+    """{"halt_rule": the run's rule} for a task whose evaluation scores halting with one (Sudoku, Maze), else {}."""
+    import inspect
+    from trmlab.eval.test_time import halt_rule_from_args
+    if "halt_rule" not in inspect.signature(task.evaluate).parameters:
+        return {}
+    return {"halt_rule": halt_rule_from_args(args, model, cfg, train_split, run_of(args.checkpoint))}
+
+
+def _evaluate_test_time(args, model, cfg, task, options):
+    """`trm eval` with --samples / --views (eval/test_time.py): one result line of accuracy and compute."""
+    from trmlab.eval.test_time import evaluate_test_time, format_result, halt_rule_from_args
+    from trmlab.eval.views import VIEW_TASKS
+    if cfg.task not in VIEW_TASKS:
+        raise TrmError(f"--samples / --views: test-time compute is for {' and '.join(VIEW_TASKS)} runs; "
+                       f"{cfg.task} votes over its dataset's own views")
+    if args.puzzles:
+        from trmlab.eval.puzzle_files import puzzle_kind
+        kind, path = puzzle_kind(args.puzzles), Path(args.puzzles).expanduser()
+        if kind not in (None, cfg.task) or not path.exists():
+            raise TrmError(f"{args.puzzles}: " + (f"holds {kind} puzzles, but the run is a {cfg.task} run"
+                                                  if path.exists() else "no such puzzle file"))
+        data = task.read_puzzle_file(cfg, path, data_root=args.data_root)
+        split, train = data.splits["test"], None
+    else:
+        data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
+        if args.split not in data.splits:
+            raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
+        split, train = data.splits[args.split], data.splits.get("train")
+    rule = halt_rule_from_args(args, model, cfg, train, run_of(args.checkpoint))
+    metrics = evaluate_test_time(model, cfg.task, split, cfg.model.n_sup_inference, rule, options,
+                                 max_samples=args.max_samples)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(f"{args.checkpoint} on {args.puzzles or args.data or 'its held-out split'} ({args.split})")
+    for line in format_result(metrics):
+        print(line)
+
+
 def _evaluate_puzzles(args, model, cfg):
     """`trm eval <run> --puzzles FILE` (trmlab.eval.puzzle_files); ARC writes its files only with --out."""
     import torch
     from trmlab.eval.puzzle_files import evaluate_file, report_lines
     if args.data or args.split != "test":
         raise TrmError(f"--puzzles {args.puzzles}: scores the file's puzzles; drop --data / --split")
+    from trmlab.tasks import get_task
     metrics = evaluate_file(model, cfg, args.puzzles, torch.device("cpu"), max_samples=args.max_samples,
-                            out_dir=Path(args.out) if args.out else None, data_root=args.data_root)
+                            out_dir=Path(args.out) if args.out else None, data_root=args.data_root,
+                            **_halting(args, model, cfg, get_task(cfg.task), None))
     if args.json:
         print(json.dumps(metrics, indent=2))
         return

@@ -149,6 +149,8 @@ def prebuild_data(plans: list[RunPlan], data_root: str, echo=print):
 
 def _child_env(study: str, jobs: int) -> dict:
     env = {"TRM_STUDY": study, "WANDB_RUN_GROUP": study}
+    if jobs > 1:  # the jobs share the cores: each run is one process (trm train would take one per core)
+        env["TRM_PROCESSES"] = "1"
     if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(jobs, 1)))
     return env
