@@ -1,7 +1,9 @@
 """Sudoku data: solver, generator, augmentation, CSV import, builder determinism and corruption checks."""
 
+import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -349,3 +351,92 @@ def test_a_csv_too_small_to_hold_out_a_test_puzzle_says_so(tmp_path):
     _write_csv(folder / "test.csv", [r[:3] + (0,) for r in _generated_rows(2, seed=9)])
     with pytest.raises(TrmError, match="no test puzzles left"):
         build_sudoku(SudokuDataConfig(source=str(folder / "train.csv"), min_rating=1), tmp_path / "data")
+
+
+# -----------------------------------------------------------------------------
+# trm eval <run> --puzzles on Sudoku files
+
+@pytest.fixture(scope="module")
+def sudoku_run(tmp_path_factory):
+    from conftest import TINY
+    from trmlab.config import load_config
+    from trmlab.train.trainer import train
+    tmp = tmp_path_factory.mktemp("sudoku-run")
+    cfg = load_config("sudoku", TINY + ["train.steps=3"])
+    summary = train(cfg, tmp / "run", data_root=tmp / "data", quiet=True)
+    test = load_puzzle_dataset(build_sudoku(cfg.data, tmp / "data"))[0]["test"]
+    return SimpleNamespace(summary=summary, run=tmp / "run", test=test, tmp=tmp)
+
+
+def cli(capsys, *argv):
+    from trmlab.cli import main
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_eval_puzzles_on_the_runs_own_test_puzzles_gives_its_held_out_scores(capsys, sudoku_run):
+    puzzles = [decode_tokens(t) for t in sudoku_run.test.inputs]
+    solutions = [decode_tokens(t) for t in sudoku_run.test.labels]
+    ratings = [i % 3 * 5 for i in range(len(puzzles))]  # 0, 5, 10: three rating bins
+    csv_file = sudoku_run.tmp / "test.csv"
+    _write_csv(csv_file, [("gen", "".join(map(str, p)).replace("0", "."), "".join(map(str, s)), r)
+                          for p, s, r in zip(puzzles, solutions, ratings)])
+    text_file = sudoku_run.tmp / "test.txt"
+    text_file.write_text("".join("".join(map(str, p)) + "\n" for p in puzzles))
+    held_out = sudoku_run.summary["eval"]
+    blanks = np.array([(p == 0).sum() for p in puzzles])
+    for path in (csv_file, text_file):
+        rc, out, _ = cli(capsys, "eval", sudoku_run.run, "--puzzles", path, "--json")
+        m = json.loads(out)
+        assert rc == 0 and m["eval_samples"] == len(puzzles) and m["skipped"] == 0
+        for key in ("exact_acc_per_step", "cell_acc_per_step", "fill_acc_per_step", "valid_solution_acc"):
+            assert m[key] == held_out[key], (path.name, key)
+        assert {k: v["puzzles"] for k, v in m["exact_acc_by_blanks"].items()} == \
+            {f"{lo}-{lo + 9}": int(((blanks >= lo) & (blanks <= lo + 9)).sum()) for lo in (20,)}
+        assert ("exact_acc_by_rating" in m) == (path == csv_file)  # a text file has no ratings
+    assert {k: v["puzzles"] for k, v in json.loads(cli(capsys, "eval", sudoku_run.run, "--puzzles", csv_file,
+                                                       "--json")[1])["exact_acc_by_rating"].items()} == \
+        {"0": ratings.count(0), "1-9": ratings.count(5), "10-99": ratings.count(10)}
+    rc, out, _ = cli(capsys, "eval", sudoku_run.run, "--puzzles", FIXTURES / "sudoku-puzzles.txt")
+    assert rc == 0 and "(4 puzzles, 2 skipped)" in out and "exact accuracy by blanks" in out
+    assert "skipped: " in out and "line 3: several solutions" in out and "line 5: no solution" in out
+
+
+def test_the_breakdown_counts_each_puzzle_in_its_blank_and_rating_bin():
+    from trmlab.tasks.sudoku import SudokuTask
+    f = read_csv(FIXTURES / "sudoku-extreme" / "train.csv")
+    split = SimpleNamespace(inputs=f.puzzles + 1, labels=f.solutions + 1)
+    right = np.arange(len(f.puzzles)) % 2 == 0  # every other puzzle solved
+    predictions = np.where(right[:, None], split.labels, split.inputs)
+    out = SudokuTask._breakdown(SimpleNamespace(predictions=predictions), split, f.ratings)
+    blanks = (f.puzzles == 0).sum(1)
+    for label, row in out["exact_acc_by_blanks"].items():
+        lo = int(label.split("-")[0])
+        members = (blanks >= lo) & (blanks < lo + 10)
+        assert row == {"puzzles": int(members.sum()), "exact_acc": round(float(right[members].mean()), 5)}
+    assert sum(r["puzzles"] for r in out["exact_acc_by_rating"].values()) == len(f.puzzles)
+    zero = f.ratings == 0
+    assert out["exact_acc_by_rating"]["0"]["exact_acc"] == round(float(right[zero].mean()), 5)
+
+
+def test_bad_puzzle_files_are_one_line_errors_exit_2(capsys, sudoku_run, tmp_path):
+    header = tmp_path / "header.csv"
+    header.write_text("id,grid\n1," + PUZZLE + "\n")
+    short = tmp_path / "short.txt"
+    short.write_text(PUZZLE + "\n" + PUZZLE + "\n" + PUZZLE[:80] + "\n")
+    one = tmp_path / "one.csv"
+    _write_csv(one, _generated_rows(1, seed=8))
+    cases = [
+        (["eval", sudoku_run.run, "--puzzles", header], r"header\.csv: line 1: header has columns id,grid; "),
+        (["eval", sudoku_run.run, "--puzzles", short], r"short\.txt: line 3: 80 characters, expected 81"),
+        (["eval", sudoku_run.run, "--puzzles", FIXTURES / "maze-hard.csv"],
+         r"maze-hard\.csv: holds maze puzzles, but the run is a sudoku run"),
+        (["eval", sudoku_run.run, "--puzzles", tmp_path / "missing.csv"], r"missing\.csv: no such puzzle file"),
+        (["data", "build", "sudoku", f"data.source={one}", "--data-root", tmp_path / "data"],
+         r"one\.csv: only 1 puzzle, too few to hold one out for testing"),
+    ]
+    import re
+    for argv, message in cases:
+        rc, _, err = cli(capsys, *argv)
+        assert rc == 2 and err.count("\n") == 1 and re.search(message, err), (argv, err)
