@@ -244,3 +244,38 @@ def test_a_full_disk_while_writing_a_dataset_leaves_no_partial_copy(capsys, monk
     line = one_error_line(capsys, "data", "build", "sudoku", *SMALL_SUDOKU, "--data-root", tmp_path)
     assert "could not write the dataset" in line and "disk full" in line and "nothing was replaced" in line
     assert list(tmp_path.iterdir()) == []   # the half-written .tmp copy is gone, no dataset claims to be built
+
+
+@pytest.mark.parametrize("out", ["pictures", "deeper/pictures", "maze.png"])
+def test_solve_out_in_a_read_only_directory_fails_before_solving(capsys, monkeypatch, tmp_path, sudoku_run, out):
+    import trmlab.api as api
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
+    line = one_error_line(capsys, "solve", sudoku_run, "." * 81, "--out", ro / out)
+    assert f"{ro} is read-only" in line
+
+
+def test_solve_out_as_a_png_file_may_exist_already(monkeypatch, tmp_path, sudoku_run):
+    (tmp_path / "old.png").write_bytes(b"an earlier picture")   # overwriting a picture is what --out x.png does
+    monkeypatch.setattr("trmlab.api.load", lambda *a, **k: (_ for _ in ()).throw(SystemExit("loaded")))
+    with pytest.raises(SystemExit, match="loaded"):
+        main(["solve", str(sudoku_run), "." * 81, "--out", str(tmp_path / "old.png")])
+
+
+def test_study_export_into_a_full_disk(capsys, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")   # as a write fails at close: no file name
+    monkeypatch.setattr(Path, "write_text", full)
+    line = one_error_line(capsys, "study", "export", "exp01", "--out", tmp_path / "cfgs")
+    assert line == f"trm: error: --out {tmp_path / 'cfgs'}: cannot write the configs (No space left on device)"
+
+
+def test_an_os_error_without_a_file_name_says_which_command(capsys, monkeypatch):
+    from trmlab import commands
+    monkeypatch.setattr(commands, "presets", lambda args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+    assert one_error_line(capsys, "presets") == "trm: error: No space (while `trm presets` was reading or writing files)"

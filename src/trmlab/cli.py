@@ -104,10 +104,18 @@ def check_directories(args):
         if not isinstance(value, str) or not value:
             continue
         path = Path(value)
+        if name == "out" and value.lower().endswith(".png"):  # `trm solve --out x.png`: one picture, a file
+            if path.is_dir():
+                raise TrmError(f"--out {value} is a directory; name a new .png file, or the directory without .png")
+            path = path.parent
         existing = next((p for p in (path, *path.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():
-            where = "is a file" if existing == path else f"lies under {existing}, a file"
+            where = "is a file" if existing == Path(value) else f"lies under {existing}, a file"
             raise TrmError(f"--{name.replace('_', '-')} {value} {where}; it must name a directory")
+        # --out is always written, so a read-only one fails now rather than after the work (a data root may be
+        # read-only: its built datasets are only read)
+        if name == "out" and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise TrmError(f"--out {value}: {existing} is read-only (or not ours to write in)")
 
 
 def os_error_line(e: OSError, command: str) -> str:

@@ -159,6 +159,15 @@ def _export(args):
     selection, _ = _select(args.patterns)
     specs.check_applies(selection, args.base)
     out = Path(args.out)
+    try:
+        n, arch = _write_configs(selection, args, out)
+    except OSError as e:  # a read-only or full --out: Path.write_text's error names no file when the disk fills
+        raise TrmError(f"--out {out}: cannot write the configs ({e.strerror or e})") from None
+    print(f"{n} experiment configs in {out / 'experiments'}, {len(arch)} architecture configs in {out / 'arch'}; "
+          f"run one with: trm train {out / 'experiments'}/<id>.yaml")
+
+
+def _write_configs(selection, args, out: Path) -> tuple[int, dict]:
     (out / "experiments").mkdir(parents=True, exist_ok=True)
     n = 0
     for s, e in selection:
@@ -174,8 +183,7 @@ def _export(args):
     (out / "arch").mkdir(exist_ok=True)
     for name, d in arch.items():
         (out / "arch" / f"{name}.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    print(f"{n} experiment configs in {out / 'experiments'}, {len(arch)} architecture configs in {out / 'arch'}; "
-          f"run one with: trm train {out / 'experiments'}/<id>.yaml")
+    return n, arch
 
 
 def _report(args):
@@ -189,7 +197,11 @@ def _report(args):
         root = runs_dir(args) / names[0]
     if not root.is_dir():
         raise TrmError(f"no runs at {root}; run the study first (trm study run {args.study} ...)")
-    rep = build_report(root, args.out or None)
+    try:
+        rep = build_report(root, args.out or None)
+    except OSError as e:  # a read-only or full report directory
+        where = e.filename or args.out or root / "report"
+        raise TrmError(f"{where}: cannot write the report ({e.strerror or e})") from None
     for p in rep.problems:
         print(p)
     done = int((rep.table["status"] == "done").sum()) if len(rep.table) else 0
