@@ -437,6 +437,8 @@ def bench_arguments(p: argparse.ArgumentParser):
     p.add_argument("--doc", default=None, help="append the report to this file ('' = do not append; default: "
                                                "docs/benchmarks.md when the current directory has one, as a "
                                                "trmlab checkout does)")
+    p.add_argument("--gpu-check", action="store_true", help="on a CUDA machine: CUDA tests, sudoku-paper steps in "
+                   "fp32/bf16, eager/compiled, NCCL, FSDP2 and memory at batch 768, in one table (~5-8 min)")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
 
 
@@ -446,6 +448,11 @@ def bench(args):
         if int(os.environ.get("RANK", 0)) == 0:
             print(RESULT + json.dumps(result), flush=True)
         return 0
+    if args.gpu_check:
+        from trmlab.train.gpu_check import run_gpu_check, table
+        rows = run_gpu_check("cuda")
+        print(table(rows))
+        return 0 if all(r["ok"] for r in rows) else 1
     args.presets = [i for i in args.items if "=" not in i] or list_presets()
     args.overrides = [i for i in args.items if "=" in i]
     unknown = [p for p in args.presets if p not in list_presets() and not Path(p).exists()]

@@ -175,7 +175,7 @@ def compile_blocks(model: nn.Module, log=print) -> bool:
 
 def shard(model: nn.Module, ema_model: nn.Module | None, d: Dist):
     """FSDP2: one ``fully_shard`` unit per core block plus the root, for the model and its EMA twin."""
-    if d.world_size < 2:
+    if d.world_size < 2 and not dist.is_initialized():  # a one-process group (the GPU check) may shard too
         raise TrmError("train.fsdp=true shards over several processes: launch with torchrun --nproc_per_node N")
     try:
         from torch.distributed.device_mesh import init_device_mesh
