@@ -378,13 +378,13 @@ def test_stage_1b_without_1a_fails_clearly(tmp_path):
 def test_mismatches_are_errors_and_overwrite_nothing(phase1, tiny_lm, tmp_path):
     out, root = phase1
     before = {p.name: _digest(p) for p in (out / "stage1a_final").iterdir()}
-    with pytest.raises(TrmError, match="D'=16 but data.d_compressed is 8"):
+    with pytest.raises(TrmError, match="D'=16, but data.d_compressed is 8"):
         compress.run(_cli(out, root, "--stage", "1b", "--d_compressed", "8"))
     with pytest.raises(TrmError, match="data.d_compressed is 16 in the run, 8 given"):
         compress.run(_cli(out, root, "--resume", "--d_compressed", "8"))
     with pytest.raises(TrmError, match="already exists"):
         compress.run(_cli(out, root))
-    with pytest.raises(TrmError, match="hidden size D=64 but the source model has D=32"):
+    with pytest.raises(TrmError, match="maps D=64, but the source model has hidden size 32"):
         compress.run(_cli(out, root, "--stage", "1b", "--model", str(tiny_lm)))
     with pytest.raises(TrmError, match="exceeds the source model's hidden size"):
         compress.run(_cli(tmp_path / "big", root, "--d_compressed", "65"))

@@ -195,7 +195,7 @@ def test_hidden_size_mismatch_with_a_1a_checkpoint_of_another_model(lm_runs, tmp
     capsys.readouterr()
     before = (out / "stage1a_final" / "model.safetensors").read_bytes()
     _one_line_error(capsys, _tiny_args(runs, root, "rec", out, "--stage", "1b", "--d_compressed", "16"),
-                    "D=64 but the source model has D=32")
+                    "maps D=64, but the source model has hidden size 32")
     _one_line_error(capsys, _tiny_args(runs, root, "rec", out, "--d_compressed", "16"), "already exists")
     assert (out / "stage1a_final" / "model.safetensors").read_bytes() == before
     assert not (out / "stage1b_final").exists()

@@ -22,7 +22,6 @@ checkpoint format (model.safetensors + state.json, whose ``export`` key has the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -209,7 +208,8 @@ def train_phase1(args) -> dict:
         summary = trainer.fit()
         rows.append(export(trainer, summary, out / f"stage{args.stage}_final", log))
     if args.sweep and dist.is_main:
-        write_sweep(args, rows, trainer.data.path, log)
+        from trmlab.eval.compressor import write_sweep
+        write_sweep(Path(args.output_dir), args.stage, args.model, args.layer, rows, trainer.data.path, log)
     distributed.barrier(dist)
     return {"stage": args.stage, "rows": rows}
 
@@ -240,61 +240,6 @@ def export(trainer, summary: dict, dst: Path, log) -> dict:
             "steps": trainer.step, "compressor": ours, "pca": pca, "checkpoint": str(dst),
             "run": str(trainer.run_dir), "throughput": {"train_seconds": summary["train_time_s"],
                                                         "samples_per_s": samples_per_s}}
-
-
-def format_table(rows: list[dict]) -> str:
-    head = (f"{'D_prime':>7} {'ratio':>6} {'params':>10} | {'cos':>7} {'PCA cos':>7} | {'mse':>9} {'PCA mse':>9} | "
-            f"{'rel_err':>7} {'PCA rel':>7} | {'var':>6} {'PCA var':>7}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        c, p = r["compressor"], r["pca"]
-        lines.append(f"{r['d_compressed']:>7} {r['compression_ratio']:>5.1f}x {r['params']:>10,} | "
-                     f"{c['cosine_similarity']:7.4f} {p['cosine_similarity']:7.4f} | {c['mse']:9.3e} {p['mse']:9.3e} | "
-                     f"{c['relative_error']:7.4f} {p['relative_error']:7.4f} | "
-                     f"{c['variance_ratio']:6.3f} {p['variance_ratio']:7.3f}")
-    return "\n".join(lines)
-
-
-def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    ds = [r["d_compressed"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ds, [r["compressor"]["cosine_similarity"] for r in rows], "o-", label="compressor (trained)")
-    ax.plot(ds, [r["pca"]["cosine_similarity"] for r in rows], "s--", label="PCA (optimal rank-D' linear, centred)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ds)
-    ax.set_xticklabels([str(v) for v in ds])
-    ax.set_xlabel("compressed dimension D'")
-    ax.set_ylabel("held-out cosine similarity")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_sweep(args, rows: list[dict], cache: Path, log) -> None:
-    from trmlab.data.hidden_states import atomic_write_json
-
-    out, timing = Path(args.output_dir), cache / "extraction_timing.json"
-    table = format_table(rows)
-    log("\nsweep: held-out reconstruction, trained compressor vs PCA\n" + table)
-    suffix = "" if args.stage == "1a" else f"_{args.stage}"   # a 1b sweep does not overwrite the 1a summary
-    plot = plot_sweep(rows, out / f"sweep_cosine_similarity{suffix}.png",
-                      f"phase 1 stage {args.stage}: {args.model} (D={rows[0]['d_model']})")
-    atomic_write_json(out / f"sweep_results{suffix}.json",
-                      {"stage": args.stage, "model": args.model, "d_model": rows[0]["d_model"], "layer": args.layer,
-                       "results": rows, "table": table.splitlines(), "plot": plot.name, "cache": str(cache),
-                       "extraction": json.loads(timing.read_text()) if timing.exists() else None})
-    log(f"sweep results: {out / f'sweep_results{suffix}.json'}, plot: {plot}")
 
 
 if __name__ == "__main__":

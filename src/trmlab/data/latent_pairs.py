@@ -154,17 +154,12 @@ def fit_pca_compressor(states: torch.Tensor, d_compressed: int):
 
 def checkpoint_compressor(cfg: LatentDataConfig, d_model: int, layer: int, log=print):
     """A phase-1 checkpoint, checked against the LLM's hidden size and data.d_compressed."""
-    from trmlab.models.compressor import load_compressor
-    if not Path(cfg.compressor).expanduser().exists():  # say how to get one, not only that it is missing
-        raise TrmError(f"no phase-1 compressor at {cfg.compressor}: train it with `trm compress --model {cfg.llm} "
-                       f"--layer {layer} ...` (docs/compressor.md), or set data.compressor=pca")
-    comp, state = load_compressor(Path(cfg.compressor).expanduser())
-    if comp.d_model != d_model:
-        raise TrmError(f"compressor {cfg.compressor} maps D={comp.d_model}, but LLM {cfg.llm} has hidden size "
-                       f"{d_model}: train a compressor on this LLM (trm compress --model ...)")
-    if cfg.d_compressed and comp.d_compressed != cfg.d_compressed:
-        raise TrmError(f"compressor {cfg.compressor} has D'={comp.d_compressed}, but data.d_compressed="
-                       f"{cfg.d_compressed}")
+    from trmlab.models.compressor import load_checked
+    # a missing one says how to get one, not only that it is missing
+    comp, state = load_checked(cfg.compressor, d_model, cfg.d_compressed, "compressor", f"LLM {cfg.llm}",
+                               f"no phase-1 compressor at {cfg.compressor}: train it with `trm compress --model "
+                               f"{cfg.llm} --layer {layer} ...` (docs/compressor.md), or set data.compressor=pca",
+                               ": train a compressor on this LLM (trm compress --model ...)")
     src_layer = ((state.get("config") or {}).get("data") or {}).get("layer")   # the phase-1 run's data.layer
     if src_layer not in (None, layer):
         log(f"note: compressor {cfg.compressor} was trained on layer {src_layer} states; using it on layer {layer}")

@@ -350,6 +350,20 @@ def load_compressor(path: str | os.PathLike) -> tuple[DimensionCompressor, dict]
     return compressor_from_weights(ckpt.model, ckpt.path), ckpt.state
 
 
+def load_checked(path: str | os.PathLike, d_model: int, d_compressed: int, what: str, source: str,
+                 missing: str, hint: str = "") -> tuple[DimensionCompressor, dict]:
+    """A saved compressor that must map D=``d_model`` (and D'=``d_compressed``, unless 0), else one line naming
+    ``what``; ``missing`` is the error for a path that does not exist (say how to get one)."""
+    if not Path(path).expanduser().exists():
+        raise TrmError(missing)
+    comp, state = load_compressor(Path(path).expanduser())
+    if comp.d_model != d_model:
+        raise TrmError(f"{what} {path} maps D={comp.d_model}, but {source} has hidden size {d_model}{hint}")
+    if d_compressed and comp.d_compressed != d_compressed:
+        raise TrmError(f"{what} {path} has D'={comp.d_compressed}, but data.d_compressed is {d_compressed}")
+    return comp, state
+
+
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict) -> Path:
     """Copy checkpoint ``src`` to ``dst`` (weights + state, no optimizer), ``extra`` added to its state.json; written
     under a temporary name and renamed, so ``dst`` is the old export or the new one, never half of either."""
@@ -382,4 +396,4 @@ def save_compressor(path: str | os.PathLike, model: DimensionCompressor, extra: 
     return path
 
 
-__all__ += ["compressor_from_weights", "load_compressor", "export_checkpoint", "save_compressor"]
+__all__ += ["compressor_from_weights", "load_compressor", "load_checked", "export_checkpoint", "save_compressor"]

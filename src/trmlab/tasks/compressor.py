@@ -29,7 +29,7 @@ from trmlab.data.hidden_states import (TINY_RANDOM, HiddenStateCache, atomic_sav
                                        iter_texts, load_hidden_state_source, read_manifest, resolve_text_source)
 from trmlab.errors import TrmError
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
-                                      ReconstructionMetrics, load_compressor)
+                                      ReconstructionMetrics, load_checked)
 from trmlab.recursion import Carry, StepOutput
 from trmlab.tasks.puzzle import EpochSampler, rank_slice
 from trmlab.train import distributed
@@ -136,16 +136,9 @@ def _check_start(d: CompressorDataConfig, D: int) -> dict | None:
     """Stage 1b: the stage-1a compressor's weights, checked against D and D' (before anything is extracted)."""
     if not d.init_from:
         return None
-    if not Path(d.init_from).expanduser().exists():
-        raise TrmError(f"stage {d.stage} starts from the stage 1a final checkpoint, but {d.init_from} does not "
-                       f"exist: run stage 1a first (trm compress --stage 1a with the same --output_dir)")
-    comp, _ = load_compressor(Path(d.init_from).expanduser())
-    if comp.d_model != D:
-        raise TrmError(f"stage 1a checkpoint {d.init_from} has hidden size D={comp.d_model} but the source model "
-                       f"has D={D}")
-    if comp.d_compressed != d.d_compressed:
-        raise TrmError(f"stage 1a checkpoint {d.init_from} has D'={comp.d_compressed} but data.d_compressed is "
-                       f"{d.d_compressed}")
+    comp, _ = load_checked(d.init_from, D, d.d_compressed, "stage 1a checkpoint", "the source model",
+                           f"stage {d.stage} starts from the stage 1a final checkpoint, but {d.init_from} does not "
+                           f"exist: run stage 1a first (trm compress --stage 1a with the same --output_dir)")
     return {k: v for k, v in comp.state_dict().items() if k != "mean"}   # the mean is this stage's data's
 
 
