@@ -152,6 +152,10 @@ def test_eval_puzzles_scores_an_arc_prize_file_and_writes_its_submission(capsys,
     assert rc == 0 and "(1 tasks, 6 views)" in out and "pass@2" in out
 
 
-def test_eval_puzzles_refuses_another_tasks_puzzles(capsys, trained):
+def test_eval_puzzles_refuses_another_tasks_puzzles_and_a_task_given_twice(capsys, trained, tmp_path):
     rc, _, err = run(capsys, "eval", trained.run, "--puzzles", FIXTURES / "sudoku-extreme" / "test.csv")
     assert rc == 2 and "holds sudoku puzzles, but the run is a arc run" in err and err.count("\n") == 1
+    for f in [*(REPO / "training").glob("*.json"), *PRIZE.glob("arc-agi_training_*")]:
+        shutil.copy(f, tmp_path / f.name)  # the same two tasks as task files and as an ARC Prize pair
+    rc, _, err = run(capsys, "eval", trained.run, "--puzzles", tmp_path)
+    assert rc == 2 and "the same task id in more than one file (0a1d4ef5, 1b2c3d4e)" in err

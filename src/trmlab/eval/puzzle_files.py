@@ -57,14 +57,14 @@ def evaluate_file(model, cfg, path, device, max_samples: int = 0, out_dir=None, 
     ``puzzles_file``, ``skipped`` (how many lines or tasks were left out) and ``skipped_lines`` (why)."""
     from trmlab.tasks import get_task
     task = get_task(cfg.task)
+    if not Path(path).expanduser().exists():
+        raise TrmError(f"{path}: no such puzzle file")
     kind = puzzle_kind(path)
     if kind is not None and kind != cfg.task:
         raise TrmError(f"{path}: holds {kind} puzzles, but the run is a {cfg.task} run; evaluate it with a run "
                        f"trained on {kind}")
     if not hasattr(task, "read_puzzle_file"):
         raise TrmError(f"--puzzles {path}: the {cfg.task} task reads no puzzle files (sudoku, maze and arc do)")
-    if not Path(path).expanduser().exists():
-        raise TrmError(f"{path}: no such puzzle file")
     data = task.read_puzzle_file(cfg, Path(path).expanduser(), data_root=data_root)
     if out_dir is not None and "out_dir" in inspect.signature(task.evaluate).parameters:
         eval_kwargs["out_dir"] = out_dir

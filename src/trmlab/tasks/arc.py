@@ -307,6 +307,11 @@ class ArcTask(PuzzleTask):
         tasks, bad = read_task_files(path, require_test_outputs=True)
         if not tasks:
             raise TrmError(f"{path}: no usable ARC task (all {len(bad)} bad; first: {bad[0][1]})")
+        ids = [t.id for t in tasks]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:  # their votes would mix
+            raise TrmError(f"{path}: the same task id in more than one file ({', '.join(twice[:3])}); their votes "
+                           f"would mix, so evaluate the files one at a time")
         trained = TrainedTasks.of(cfg.data, data_root)
         inputs, labels, pids, rows, matched = [], [], [], [], 0
         for task in tasks:
