@@ -534,7 +534,7 @@ def _load_source(cfg: SudokuDataConfig):
         if test_path != path and test_path.is_file():
             test = load_csv(test_path)
         else:  # a single file: hold out 10% of its puzzles
-            if len(train[0]) < 2:  # nothing would be left to test on: say so rather than train against an empty test set
+            if len(train[0]) < 2:  # nothing left to test on: say so rather than train against an empty test set
                 raise TrmError(f"{path}: only {len(train[0])} puzzle, too few to hold one out for testing (a single "
                                f"CSV keeps 10 %, at least 1, as its test set); add rows or put a test.csv beside it")
             order = np.random.default_rng([cfg.seed, 3]).permutation(len(train[0]))
