@@ -8,6 +8,7 @@ from trmlab import bench
 from trmlab.cli import main as cli_main
 from trmlab.config import load_config
 from trmlab.recursion import recursion
+from trmlab.train import device
 from trmlab.train.trainer import Trainer
 
 from conftest import TINY
@@ -47,12 +48,12 @@ def test_bare_loop_matches_the_engine(tmp_path, data_root):
 
 
 def test_matmul_peak_is_measured():
-    assert bench.matmul_peak_flops(torch.device("cpu"), seconds=0.01, n=64) > 0
+    assert device.matmul_peak_flops(torch.device("cpu"), seconds=0.01, n=64) > 0
 
 
 def test_bench_report_goes_to_stdout_and_the_doc(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.setattr(bench, "launch", lambda case, procs=1, timeout=0: bench.run_case(case))  # in-process
-    monkeypatch.setattr(bench, "matmul_peak_flops", lambda *a, **k: 1e9)
+    monkeypatch.setattr(device, "matmul_peak_flops", lambda *a, **k: 1e9)
     doc = tmp_path / "docs" / "benchmarks.md"
     doc.parent.mkdir()
     doc.write_text("# Benchmarks\n\n## latent (someone else's section)\n")

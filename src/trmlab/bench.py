@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shlex
 import socket
 import statistics
@@ -37,6 +36,8 @@ import torch
 
 from trmlab.config import list_presets, load_config
 from trmlab.errors import TrmError
+from trmlab.train.device import (cpu_cores, machine_peak_flops, peak_dtype, peak_memory_mb, pick_device,
+                                 processes_peak_flops, reset_peak_memory, sync)
 
 RESULT = "TRM_BENCH_RESULT "   # the line a case process prints its JSON after
 
@@ -53,8 +54,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    m = {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    m = {"cpu": cpu_model(), "cores": cpu_cores(), "torch": torch.__version__, "threads": torch.get_num_threads(),
          "python": platform.python_version(), "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
     if torch.cuda.is_available():
         m["gpu"] = torch.cuda.get_device_name(0)
@@ -68,69 +68,7 @@ def load_average() -> str:
         return "n/a"
 
 
-def sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 2.0,
-                      n: int = 0) -> float:
-    """The best FLOP/s of repeated n x n matmuls over ~``seconds``: the peak MFU is measured against."""
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    c = a @ b  # warm up the kernels and the thread pool
-    best, spent = 0.0, 0.0
-    while spent < seconds:
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(4):
-            c = torch.matmul(a, b, out=c)
-        sync(device)
-        dt = time.perf_counter() - t0
-        spent += dt
-        best = max(best, 4 * 2 * n ** 3 / dt)
-    return best
-
-
-@contextlib.contextmanager
-def num_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def machine_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    """The whole machine's peak for the report's header: on CPU the larger of all threads together and cores x
-    one thread (a busy machine starves multi-threaded matmuls first). With a line saying how it was got."""
-    peak = matmul_peak_flops(device, dtype)
-    if device.type != "cpu":
-        return peak, f"{peak / 1e9:,.1f} GFLOP/s"
-    cores = machine()["cores"]
-    with num_threads(1):
-        one = matmul_peak_flops(device, dtype)
-    return max(peak, cores * one), (f"{max(peak, cores * one) / 1e9:,.1f} GFLOP/s (all {torch.get_num_threads()} "
-                                    f"threads together {peak / 1e9:,.1f}; one thread {one / 1e9:,.1f} x {cores} cores)")
-
-
-def peak_dtype(device: torch.device, train_dtype: str) -> torch.dtype:
-    """fp32 on CPU (its fast path); on CUDA the dtype the matmuls run in."""
-    if device.type == "cuda" and train_dtype in ("bfloat16", "float16"):
-        return getattr(torch, train_dtype)
-    return torch.float32
-
-
 # ------------------------------------------------------------------------------------------ one case
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated tensors on CUDA; on CPU the process's peak RSS (so Python and torch are in it)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 @contextlib.contextmanager
 def saved_activations(model: torch.nn.Module):
     """Bytes autograd keeps for backward (distinct storages, parameters excluded): the activation memory."""
@@ -208,19 +146,6 @@ def engine_overhead(trainer, reps: int = 7) -> dict | None:
     return {"engine_ms": 1e3 * e, "bare_ms": 1e3 * b, "overhead_pct": 100 * (e / b - 1)}
 
 
-def case_peak_flops(trainer) -> float:
-    """The matmul peak of the cores this case runs on, now: summed over ranks, which measure at the same time."""
-    d = trainer.dist
-    if d.world_size > 1:
-        torch.distributed.barrier()
-    peak = matmul_peak_flops(trainer.device, peak_dtype(trainer.device, trainer.cfg.train.dtype), seconds=1.0)
-    if d.world_size > 1:
-        t = torch.tensor([peak], dtype=torch.float64, device=trainer.device)
-        torch.distributed.all_reduce(t)
-        peak = float(t.item())
-    return peak
-
-
 def describe(cfg, model) -> str:
     """The resolved model a row measured (presets change; the figures must say what they were taken on)."""
     m, t = cfg.model, cfg.train
@@ -246,9 +171,8 @@ def run_case(case: dict) -> dict:
             if i == 0:
                 out["first_step_s"] = time.perf_counter() - first  # includes compilation
         out["setup_s"] = first - t0
-        out["peak_flops"] = case_peak_flops(trainer)
-        if trainer.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.device)
+        out["peak_flops"] = processes_peak_flops(trainer.device, peak_dtype(trainer.device, cfg.train.dtype))
+        reset_peak_memory(trainer.device)
         times = []
         for _ in range(case["steps"]):
             sync(trainer.device)
@@ -331,7 +255,7 @@ class Bench:
 
     def __init__(self, args):
         self.args, self.sections = args, []
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device()
 
     def launch(self, label: str, case: dict, procs: int = 1) -> dict:
         """``launch`` with a progress line on stderr (a full bench takes minutes)."""

@@ -24,27 +24,7 @@ import torch
 
 from trmlab.errors import TrmError
 from trmlab.nn.attention import KVCache
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The device to generate on: ``auto`` takes the best one present; a named one must be present."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrmError(f"--device {name!r} is not a device; use auto, cpu, cuda or mps") from None
-    # torch only notices a missing backend at the first tensor it puts there, with a traceback: ask first
-    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not present.get(device.type, False):
-        raise TrmError(f"device {name!r} is not available here; use --device cpu (or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise TrmError(f"device {name!r} is not available here: {torch.cuda.device_count()} CUDA device(s)")
-    return device
+from trmlab.train.device import peak_memory_kind, peak_memory_mb, pick_device, reset_peak_memory
 
 
 def check_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, n_sup: int | None = None,
@@ -132,15 +112,6 @@ def generate_ids(model, prompt: list[int], max_new_tokens: int, temperature: flo
     return Generation(out, len(prompt), prefill, decode, steps, cache_mb(cache))
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA memory allocated"
-    if device.type == "mps":
-        return torch.mps.driver_allocated_memory() / 2**20, "MPS driver memory"
-    from trmlab.tasks.lm import peak_memory_mb as rss
-    return rss(device), "peak process RSS"
-
-
 def find_tokenizer(cfg, tokenizer: str = "", data_root: str = "data", checkpoint: str | Path = ""):
     """The tokenizer the run was trained with: --tokenizer, else the run's own copy, else its data directory's."""
     from trmlab.data.text import text_dir_name
@@ -191,7 +162,7 @@ def generate(args):
         raise TrmError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = pick_device(args.device, "--device", auto_mps=True)
     model, cfg = load(args.checkpoint, use_ema=not args.no_ema, device=str(device))
     if cfg.task != "lm":
         raise TrmError(f"{args.checkpoint} is a '{cfg.task}' model; generate needs a language model (task lm)")
@@ -205,13 +176,12 @@ def generate(args):
         raise TrmError(f"--n-sup sets the recursive LM's supervision steps; {args.checkpoint} is a plain GPT")
     n_sup = (args.n_sup or cfg.model.n_sup_inference) if recursive else 1
     halt = recursive and cfg.model.halting == "act"
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     g = generate_ids(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                      use_cache=not args.no_cache, n_sup=n_sup, halt=halt,
                      stop_id=None if args.no_stop else tok.eot_id, device=device)
     text = tok.decode(t for t in g.tokens if t != tok.eot_id)
-    mem, mem_kind = peak_memory_mb(device)
+    mem, mem_kind = peak_memory_mb(device), peak_memory_kind(device)
     result = {"text": args.prompt + text, "new_tokens": len(g.tokens), "prompt_tokens": g.prompt_tokens,
               "tokens_per_s": g.tokens_per_s, "prefill_s": g.prefill_s, "decode_s": g.decode_s,
               "cache": not args.no_cache and not halt, "kv_cache_mb": g.cache_mb, "peak_memory_mb": mem,

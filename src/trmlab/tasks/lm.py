@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from trmlab.data.text import TextDataConfig, TokenStream, bits_per_byte, build_text
 from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import rank_slice
+from trmlab.train.device import peak_memory_mb
 from trmlab.train.losses import halt_loss, prediction_stats, token_losses
 
 DEFAULT_SEQ_LEN = 256
@@ -80,14 +79,6 @@ def run_tokenizer(checkpoint: str | Path) -> Path | None:
     if dirs[-1].name == "best":   # best/ lives inside its run, which trained with the same tokenizer
         dirs.append(dirs[-1].parent)
     return next((d / TOKENIZER_FILE for d in dirs if (d / TOKENIZER_FILE).is_file()), None)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: allocated tensors on CUDA; the whole process's peak RSS on CPU (so it includes Python)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024   # macOS reports bytes, Linux KiB
 
 
 def refinement_line(m: dict, baseline_val_loss: float | None = None, baseline_name: str = "baseline") -> str:

@@ -33,20 +33,11 @@ from trmlab.tasks import get_task
 from trmlab.train import distributed
 from trmlab.train.checkpoint import Checkpoint, checkpoints, load_checkpoint, save_checkpoint
 from trmlab.train.curriculum import act_exploration, curriculum_depth
+from trmlab.train.device import pick_device
 from trmlab.train.ema import EMA
 from trmlab.train.loggers import make_logger
 from trmlab.train.optim import build_optimizers, set_lr
 from trmlab.train.supervision import summed_objective
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrmError(f"train.device={name} but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 class Trainer:
