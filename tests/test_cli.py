@@ -48,7 +48,8 @@ def test_train_eval_solve_round_trip(capsys, tmp_path, tiny_overrides):
     split = splits["test"]
     puzzle = "".join(str(d) for d in decode_tokens(split.inputs[0]))
     rc, out, _ = run(capsys, "solve", str(tmp_path / "runs" / "t"), puzzle)
-    assert rc in (0, 1) and "supervision steps used" in out  # an untrained model may well be wrong
+    # a 2-step model may well be wrong: its verdict and exit code agree (tests/test_solve.py checks the answers)
+    assert rc == (0 if "valid: yes" in out else 1) and "supervision steps used" in out
 
     rc, _, err = run(capsys, "solve", str(tmp_path / "runs" / "t"), "12x" + "0" * 78)
     assert rc == 2 and "position" in err
