@@ -367,6 +367,13 @@ def test_stage_1b_starts_from_1a_final(phase1, capsys):
     assert export["source"]["text_source"] == "synthetic-cot"
     c1a, c1b = load_compressor(out / "stage1a_final")[0], load_compressor(out / "stage1b_final")[0]
     assert torch.allclose(c1a.weight, c1b.weight, atol=1e-6) and not torch.allclose(c1a.mean, c1b.mean)
+    from trmlab.api import load
+    from trmlab.tasks import get_task
+    model, cfg = load(out / "stage1b")
+    cfg.data.init_from = str(out / "gone")       # evaluating the 1b run does not need the 1a compressor any more
+    task = get_task("compressor")
+    again = task.evaluate(model, task.prepare(cfg, root), cfg, "cpu")
+    assert again["mse"] == pytest.approx(export["metrics"]["mse"], rel=1e-6)
 
 
 def test_stage_1b_without_1a_fails_clearly(tmp_path):
@@ -378,8 +385,10 @@ def test_stage_1b_without_1a_fails_clearly(tmp_path):
 def test_mismatches_are_errors_and_overwrite_nothing(phase1, tiny_lm, tmp_path):
     out, root = phase1
     before = {p.name: _digest(p) for p in (out / "stage1a_final").iterdir()}
-    with pytest.raises(TrmError, match="D'=16, but data.d_compressed is 8"):
-        compress.run(_cli(out, root, "--stage", "1b", "--d_compressed", "8"))
+    with pytest.raises(TrmError, match="D'=16, but data.d_compressed is 8"):   # the 1b states are cached by now
+        compress.run(_cli(tmp_path / "b", root, "--stage", "1b", "--d_compressed", "8",
+                          f"data.init_from={out / 'stage1a_final'}"))
+    assert not (tmp_path / "b").exists()
     with pytest.raises(TrmError, match="data.d_compressed is 16 in the run, 8 given"):
         compress.run(_cli(out, root, "--resume", "--d_compressed", "8"))
     with pytest.raises(TrmError, match="already exists"):

@@ -6,7 +6,8 @@ resumable sharded cache (``data/hidden_states.py``) at ``<data_root>/hidden_stat
 ``data.cache_dir``). The last ``data.eval_fraction`` of the samples is held out. PCA, the optimal linear map of
 rank D', is fitted once on (up to ``data.pca_max_tokens``) training tokens and kept beside the shards.
 Model: ``DimensionCompressor`` (weight-tied); with ``data.center`` it subtracts the training tokens' mean first, as
-PCA does (its ``init_weights`` hook sets the mean, and for stage 1b the stage-1a weights of ``data.init_from``).
+PCA does (the ``init_weights`` hook sets the mean, and for stage 1b the stage-1a weights of ``data.init_from``,
+when training starts: evaluating a finished 1b run does not need its 1a compressor any more).
 Loss: the masked MSE, the exact mean over the real tokens of the global batch (N processes = 1 process).
 Evaluation: seed 001's metrics on the held-out samples with PCA's at the same D' beside them (``pca_<metric>``),
 and ``mse_vs_pca`` = compressor MSE / PCA MSE (1.0: as good as the optimal linear map).
@@ -83,9 +84,14 @@ class CompressorData:
     n_train: int                 # samples 0..n_train-1 train, the rest are held out
     lengths: torch.Tensor        # real tokens per sample (the loss is their exact mean)
     pca: PCA
-    start: dict | None           # stage 1b: the weights of the stage-1a compressor
+    init_from: str               # stage 1b: the stage-1a compressor it starts from (read when training starts)
     meta: dict
     pca_metrics: dict = field(default_factory=dict)   # (split, n, D') -> PCA's metrics, computed once
+
+    @property
+    def splits(self) -> dict[str, range]:
+        """Sample indices: ``test`` is the held-out tail (`trm eval`'s default split)."""
+        return {"train": range(self.n_train), "test": range(self.n_train, self.cache.num_samples)}
 
 
 class CompressorModel(DimensionCompressor):
@@ -132,13 +138,13 @@ def probe_source(name: str, options: dict | None = None) -> dict:
             "fingerprint": None, "context": None}
 
 
-def _check_start(d: CompressorDataConfig, D: int) -> dict | None:
-    """Stage 1b: the stage-1a compressor's weights, checked against D and D' (before anything is extracted)."""
-    if not d.init_from:
+def start_weights(init_from: str, D: int, d_compressed: int) -> dict | None:
+    """Stage 1b: the stage-1a compressor's weights, checked against D and D'."""
+    if not init_from:
         return None
-    comp, _ = load_checked(d.init_from, D, d.d_compressed, "stage 1a checkpoint", "the source model",
-                           f"stage {d.stage} starts from the stage 1a final checkpoint, but {d.init_from} does not "
-                           f"exist: run stage 1a first (trm compress --stage 1a with the same --output_dir)")
+    comp, _ = load_checked(init_from, D, d_compressed, "stage 1a checkpoint", "the source model",
+                           f"stage 1b starts from the stage 1a final checkpoint, but {init_from} does not exist: "
+                           f"run stage 1a first (trm compress --stage 1a with the same --output_dir)")
     return {k: v for k, v in comp.state_dict().items() if k != "mean"}   # the mean is this stage's data's
 
 
@@ -181,8 +187,8 @@ class CompressorTask:
             probed = probe_source(d.llm, source_options(d, data_root))
         D = int(man["hidden_size"]) if cached else probed["hidden_size"]
         self._check_sizes(d, D, probed)
-        _check_start(d, D)
-        if not cached:
+        if not cached:   # a stage 1b that cannot start fails before the extraction, not after (init_weights checks)
+            start_weights(d.init_from, D, d.d_compressed)
             self._extract(d, data_root, path, config, probed, dist, log, progress)
         if dist.is_main:
             self._fit_pca(d, path, log)
@@ -280,8 +286,7 @@ class CompressorTask:
                 lengths.append(f.get_tensor("mask").sum(1).long())
         pca_t = load_file(str(self._pca_file(d, path, n_train)))
         pca = PCA(pca_t["mean"], pca_t["components"], pca_t["explained_variance"])
-        return CompressorData(path, cache, n_train, torch.cat(lengths), pca, _check_start(d, cache.hidden_size),
-                              read_manifest(path))
+        return CompressorData(path, cache, n_train, torch.cat(lengths), pca, d.init_from, read_manifest(path))
 
     def shapes(self, cfg) -> dict:
         return {}
@@ -300,9 +305,10 @@ class CompressorTask:
 
     def init_weights(self, model: CompressorModel, data: CompressorData):
         """Before training (a resume then loads its own): the data mean, and stage 1b's starting weights."""
+        start = start_weights(data.init_from, model.d_model, model.d_compressed)
         with torch.no_grad():
-            if data.start is not None:
-                model.load_state_dict(data.start, strict=False)
+            if start is not None:
+                model.load_state_dict(start, strict=False)
             if model.center:
                 model.mean.copy_(data.pca.mean.to(model.mean))
 
@@ -330,10 +336,9 @@ class CompressorTask:
     @torch.no_grad()
     def evaluate(self, model, data: CompressorData, cfg, device, split: str = "test", max_samples: int = 0) -> dict:
         """Seed 001's metrics of ``model`` on the held-out samples (``train``: the training ones), PCA's beside."""
-        if split not in ("test", "val", "train"):
+        if split not in data.splits:
             raise TrmError(f"split must be test (the held-out samples) or train, got {split!r}")
-        idx = range(data.n_train) if split == "train" else range(data.n_train, data.cache.num_samples)
-        idx = idx[:max_samples] if max_samples else idx
+        idx = data.splits[split][:max_samples or None]
         k = model.d_compressed
         key = (split, len(idx), k)
         ours, theirs = ReconstructionMetrics(model.d_model), ReconstructionMetrics(model.d_model)
