@@ -279,3 +279,37 @@ def test_an_os_error_without_a_file_name_says_which_command(capsys, monkeypatch)
     from trmlab import commands
     monkeypatch.setattr(commands, "presets", lambda args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
     assert one_error_line(capsys, "presets") == "trm: error: No space (while `trm presets` was reading or writing files)"
+
+
+# ------------------------------------------------------------------------------------------ odd values
+@pytest.mark.parametrize("override, words", [("model.n_embd=99999999999999999999", "out of range"),
+                                             ("model.n_embd=1e400", "expected int"),
+                                             ("name=[a, b]", "name: expected str"),
+                                             ("data.source={a: 1}", "data.source: expected str")])
+def test_values_no_config_can_hold(capsys, override, words):
+    assert words in one_error_line(capsys, "info", "sudoku", override)
+
+
+def test_an_empty_data_root(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--data-root is empty" in one_error_line(capsys, "data", "build", "sudoku", "--data-root", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("error, words", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 853606400000 bytes. Error code 12 (Cannot allocate memory)"), "795.0 GiB"),
+    (MemoryError("Unable to allocate 37.3 GiB for an array with shape (99999, 99999) and data type int32"),
+     "Unable to allocate 37.3 GiB")])
+def test_out_of_memory_is_one_line(capsys, monkeypatch, error, words):
+    import trmlab.api as api
+    monkeypatch.setattr(api, "build_model", lambda cfg: (_ for _ in ()).throw(error))
+    line = one_error_line(capsys, "info", "sudoku")
+    assert line.startswith("trm: error: out of memory (") and words in line
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+    import trmlab.api as api
+    monkeypatch.setattr(api, "build_model", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["info", "sudoku"])

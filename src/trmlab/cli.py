@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -101,6 +102,8 @@ def check_directories(args):
     """A directory option that names a file, or lies under one, is a one-line error before any work is done."""
     for name in DIRECTORY_OPTIONS:
         value = getattr(args, name, None)
+        if name == "data_root" and value == "":  # Path("") is the current directory: datasets would land there
+            raise TrmError("--data-root is empty; name a directory (default: data)")
         if not isinstance(value, str) or not value:
             continue
         path = Path(value)
@@ -126,6 +129,18 @@ def os_error_line(e: OSError, command: str) -> str:
     return f"{paths}: {reason}" if paths else f"{reason} (while `trm {command}` was reading or writing files)"
 
 
+def out_of_memory(e: BaseException) -> str:
+    """What ran out, when ``e`` is numpy's or torch's out-of-memory error (a config too big for the machine), else ''.
+    torch's CPU allocator raises a plain RuntimeError, so its message is the only sign."""
+    text = str(e).strip()
+    if isinstance(e, MemoryError):   # numpy: "Unable to allocate 37.3 GiB for an array with shape ..."
+        return text.split(" for an array")[0] or "MemoryError"
+    if type(e).__name__ == "OutOfMemoryError":   # torch.OutOfMemoryError (CUDA): its first line says how much
+        return text.splitlines()[0] if text else "CUDA"
+    tried = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    return f"tried to allocate {int(tried.group(1)) / 2**30:,.1f} GiB" if tried else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
@@ -145,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # the last resort for a disk or permission failure no verb turned into a TrmError
         print(f"trm: error: {os_error_line(e, args.command)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):  # any other RuntimeError is a bug: its traceback is the report
+            raise
+        print(f"trm: error: out of memory ({out_of_memory(e)}); make the model, batch or dataset smaller",
+              file=sys.stderr)
         return 2
     return int(rc or 0)
 

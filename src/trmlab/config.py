@@ -242,14 +242,19 @@ def _coerce(value, tp, key: str):
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            number = int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if not -2**63 <= number < 2**63:  # torch and numpy take 64-bit sizes: a larger one is a typo
+                raise TrmError(f"{key}: {value!r} is out of range for a 64-bit integer")
+            return number
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
         if tp is str:
+            if isinstance(value, (list, dict)):  # str() would make "['a']" a run name or a data source
+                raise ValueError
             return "" if value is None else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int("1e400"), an infinity
         raise TrmError(f"{key}: expected {_type_name(tp)}, got {value!r}") from None
     return value
 
