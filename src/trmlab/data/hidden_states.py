@@ -686,7 +686,7 @@ def extract_hidden_states(
 class HiddenStateCache:
     """Read access to a finished extraction: ``get(indices) -> (hidden fp32 [B, L, D], mask [B, L] bool)``."""
 
-    def __init__(self, out_dir: str | Path, keep_shards: int = 2):
+    def __init__(self, out_dir: str | Path, keep_shards: int = 64):
         self.dir = Path(out_dir)
         man = read_manifest(self.dir)
         if man is None or not man.get("complete"):
@@ -697,7 +697,7 @@ class HiddenStateCache:
         self.shards = man["shards"]
         self.num_samples = int(man["num_samples"])
         self.keep_shards = max(1, int(keep_shards))
-        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+        self._loaded: dict = {}   # shard index -> open safetensors file (the latest keep_shards)
         self._order: list[int] = []
 
     def __len__(self) -> int:
@@ -706,14 +706,14 @@ class HiddenStateCache:
     def shard_of(self, index: int) -> int:
         return int(index) // self.shard_size
 
-    def _shard(self, i: int) -> dict[str, torch.Tensor]:
+    def _shard(self, i: int):
+        """An open shard; rows are read from it one by one, so a random batch reads its rows, not whole shards."""
         if i not in self._loaded:
-            from safetensors import SafetensorError
-            from safetensors.torch import load_file
+            from safetensors import SafetensorError, safe_open
 
             f = self.dir / self.shards[i]["file"]
-            try:
-                self._loaded[i] = load_file(str(f))
+            try:   # a file cut short fails here: safetensors checks the header against the file's size
+                self._loaded[i] = safe_open(str(f), "pt")
             except (SafetensorError, OSError, ValueError) as e:
                 _forget_shards(self.dir, self.manifest, [i])
                 raise TrmError(f"{f}: corrupt hidden-state shard ({str(e).splitlines()[0][:100]}); "
@@ -731,9 +731,9 @@ class HiddenStateCache:
                 raise IndexError(idx)
             s = self._shard(self.shard_of(idx))
             r = idx - self.shard_of(idx) * self.shard_size
-            m = s["mask"][r].bool()
+            m = s.get_slice("mask")[r].bool()
             n = int(m.nonzero().max()) + 1 if m.any() else 0
-            rows.append((s["hidden"][r, :n], m[:n]))
+            rows.append((s.get_slice("hidden")[r, :n], m[:n]))
         length = max(1, max(h.shape[0] for h, _ in rows))
         hidden = torch.zeros(len(rows), length, self.hidden_size, dtype=torch.float32)
         mask = torch.zeros(len(rows), length, dtype=torch.bool)
