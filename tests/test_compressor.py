@@ -391,10 +391,12 @@ def test_mismatches_are_errors_and_overwrite_nothing(phase1, tiny_lm, tmp_path):
     assert not (tmp_path / "b").exists()
     with pytest.raises(TrmError, match="data.d_compressed is 16 in the run, 8 given"):
         compress.run(_cli(out, root, "--resume", "--d_compressed", "8"))
-    with pytest.raises(TrmError, match="already exists"):
-        compress.run(_cli(out, root))
+    with pytest.raises(TrmError, match="already exists"):   # refused before extracting anything
+        compress.run(_cli(out, tmp_path / "fresh"))
+    assert not (tmp_path / "fresh").exists()
     with pytest.raises(TrmError, match="maps D=64, but the source model has hidden size 32"):
-        compress.run(_cli(out, root, "--stage", "1b", "--model", str(tiny_lm)))
+        compress.run(_cli(tmp_path / "b", root, "--stage", "1b", "--model", str(tiny_lm),
+                          f"data.init_from={out / 'stage1a_final'}"))
     with pytest.raises(TrmError, match="exceeds the source model's hidden size"):
         compress.run(_cli(tmp_path / "big", root, "--d_compressed", "65"))
     assert {p.name: _digest(p) for p in (out / "stage1a_final").iterdir()} == before

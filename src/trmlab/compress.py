@@ -193,6 +193,10 @@ def train_phase1(args) -> dict:
     dist = distributed.setup("auto")
     log = print if dist.is_main else (lambda msg: None)
     configs = {d: load_config(f"compressor-{args.stage}", overrides(args, d, dist.world_size)) for d in values}
+    for d in values:   # the trainer refuses an existing run too, but only after the extraction below
+        run_dir = stage_dir(args, d) / f"stage{args.stage}"
+        if (run_dir / "config.yaml").exists() and not (args.resume or args.overwrite):
+            raise TrmError(f"run directory {run_dir} already exists; pass --resume to continue it or --overwrite")
     # the hidden states once, for every D' (the widest checks all of them), each process extracting its shards
     get_task("compressor").build_data(configs[max(values)].data, args.data_root, dist, log, not args.no_progress)
     rows = []
