@@ -298,7 +298,8 @@ class CompressorTask:
     def build_model(self, cfg) -> CompressorModel:
         d = cfg.data
         if d.d_model < 1:
-            raise TrmError("data.d_model is unknown: build the data first (it is the source model's hidden size)")
+            raise TrmError("data.d_model (the source model's hidden size) is unknown: set it, or build the data first "
+                           "(trm data build compressor-1a ...)")
         model = CompressorModel(d.d_model, d.d_compressed, bias=d.bias, center=d.center)
         model.cfg = cfg.model   # read by the trainer's curriculum, as every model's (one step: nothing to ramp)
         return model
