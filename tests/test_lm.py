@@ -11,7 +11,8 @@ from trmlab.config import load_config
 from trmlab.data.text import TextDataConfig, build_text
 from trmlab.errors import TrmError
 from trmlab.generate import generate_ids, sample_next
-from trmlab.models.lm import GPTConfig, RecursiveLM, flops_per_token
+from trmlab.eval.flops import flops_per_token, matmul_params
+from trmlab.models.lm import GPTConfig, RecursiveLM
 from trmlab.nn.attention import Attention, KVCache
 from trmlab.tasks import get_task
 from trmlab.train.trainer import Trainer
@@ -275,7 +276,7 @@ def test_flops_per_token_counts_the_recursion(runs):
     rec, cfg = load(out / "rec")
     gpt, gcfg = load(out / "gpt")
     # same blocks and head; the recursive LM runs 3 steps x (2 no-grad + 2x3 backprop'd core calls) + 3 heads
-    assert flops_per_token(rec, cfg) > 5 * flops_per_token(gpt, gcfg)
+    assert flops_per_token(cfg, **matmul_params(rec)) > 5 * flops_per_token(gcfg, **matmul_params(gpt))
 
 
 def _widened(run: dict, name: str, **eval_changes) -> dict:

@@ -6,10 +6,11 @@
 
 Every figure comes from the trainer's own ``train_step`` (optimizer, EMA and all), run in a fresh process per
 case so peak memory (RSS on CPU, max allocated on CUDA) is that case's alone. FLOPs are counted, not estimated:
-``FlopCounterMode`` over one eager training step. MFU divides achieved FLOP/s by the peak the same processes
-reach in a large matmul loop (fp32 on CPU; bf16 on CUDA when training in bf16), measured just before the timed
-steps, so a machine whose load changes during a bench is compared like with like (the header also gives the
-whole machine's peak). The
+``FlopCounterMode`` over one eager training step; the project's FLOP model (eval/flops.py: Kaplan et al.'s count,
+without norms and activations) stands beside them as "model GFLOP/step". MFU divides achieved FLOP/s by the peak
+the same processes reach in a large matmul loop (fp32 on CPU; bf16 on CUDA when training in bf16; train/device.py),
+measured just before the timed steps, so a machine whose load changes during a bench is compared like with like
+(the header also gives the whole machine's peak). The
 engine's overhead is its training step against the same blocks applied the same number of times in a plain
 loop. The table goes to stdout and is appended, with the machine, load, date and command, to docs/benchmarks.md
 when run in a checkout (or to --doc FILE).
@@ -36,6 +37,7 @@ import torch
 
 from trmlab.config import list_presets, load_config
 from trmlab.errors import TrmError
+from trmlab.eval.flops import matmul_params, step_flops
 from trmlab.train.device import (cpu_cores, machine_peak_flops, peak_dtype, peak_memory_mb, pick_device,
                                  processes_peak_flops, reset_peak_memory, sync)
 
@@ -182,7 +184,8 @@ def run_case(case: dict) -> dict:
             times.append(time.perf_counter() - t)
         out.update(step_s=statistics.median(times), step_s_min=min(times), peak_mem_mb=peak_memory_mb(trainer.device),
                    batch=cfg.train.batch_size, seq_len=cfg.model.seq_len + cfg.model.puzzle_emb_len,
-                   task=cfg.task, arch=getattr(cfg.model, "arch", "recursive"), model=describe(cfg, trainer.model))
+                   task=cfg.task, arch=getattr(cfg.model, "arch", "recursive"), model=describe(cfg, trainer.model),
+                   model_flops=step_flops(cfg, **matmul_params(trainer.model)))
         if case.get("count"):
             out["flops"], out["act_bytes"] = count_step(trainer)
         if case.get("overhead"):
@@ -226,6 +229,8 @@ def throughput(r: dict, flops: float | None) -> dict:
         row["tokens/s"] = r["batch"] * r["seq_len"] / s
     if flops:
         row["GFLOP/step"] = flops / 1e9
+        if r.get("model_flops"):   # the FLOP model's count beside the counted one (eval/flops.py)
+            row["model GFLOP/step"] = r["model_flops"] / 1e9
         row["GFLOP/s"] = flops / s / 1e9
         row["peak GFLOP/s"] = r["peak_flops"] / 1e9
         row["MFU %"] = 100 * flops / s / r["peak_flops"]

@@ -44,11 +44,13 @@ def load_run(path: str | Path) -> dict:
 
 
 def _flops(cfg) -> float:
-    """Training FLOPs per token, counted on a model built on the meta device (no memory, no time)."""
-    from trmlab.models.lm import build_lm, flops_per_token
+    """Training FLOPs per token (the one FLOP model, eval/flops.py) of the run's model, built on the meta device
+    (no memory, no time)."""
+    from trmlab.eval.flops import flops_per_token, matmul_params
+    from trmlab.models.lm import build_lm
     with torch.device("meta"):
         model = build_lm(cfg.model)
-    return flops_per_token(model, cfg, training=True)
+    return flops_per_token(cfg, **matmul_params(model))
 
 
 def tokens_per_step(cfg) -> int:

@@ -89,28 +89,6 @@ def build_lm(cfg) -> nn.Module:
     return RecursiveLM(cfg, embed, core, head)
 
 
-def flops_per_token(model: nn.Module, cfg, training: bool = True) -> float:
-    """Approximate FLOPs per token (Kaplan et al.: 2 x params + attention, backward = 2 x forward).
-
-    A core call costs 2 x core params + 2 x n_layer x seq_len x n_embd (attention scores and values). The
-    recursive LM runs n_sup x T_recursion x (n_loops + 1) core calls per token; in training only the last
-    recursion of each step is backpropagated (x3), the T-1 no-grad ones are forward only (x1). The head runs
-    once per supervision step. The embedding lookup is free.
-    """
-    m = cfg.model
-    core = sum(p.numel() for n, p in model.named_parameters() if n.startswith("core."))
-    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("head.", "lm_head.")))
-    call = 2 * core + 2 * m.n_layer * m.seq_len * m.n_embd
-    if m.arch == "gpt":
-        grad_calls, free_calls, n_sup = 1, 0, 1
-    else:
-        grad_calls, free_calls = m.n_loops + 1, (m.T_recursion - 1) * (m.n_loops + 1)
-        n_sup = m.n_sup_train if training else m.n_sup_inference
-    if not training:
-        return float(n_sup * ((grad_calls + free_calls) * call + 2 * head))
-    return float(n_sup * (3 * grad_calls * call + free_calls * call + 6 * head))
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Seed 002's config, as its users write it, and its mapping onto ours.
 

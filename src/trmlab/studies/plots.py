@@ -64,11 +64,12 @@ def metric_name(df: pd.DataFrame) -> str:
 
 
 def lower_is_better(df: pd.DataFrame) -> bool:
+    """The runs' headline direction, as the results table carries it (each run's summary, else its task)."""
     return bool("lower_is_better" in df and df["lower_is_better"].fillna(False).astype(bool).any())
 
 
-def direction(df: pd.DataFrame) -> str:
-    return "lower is better" if lower_is_better(df) else "higher is better"
+def direction(lower: bool) -> str:
+    return "lower is better" if lower else "higher is better"
 
 
 def secondary_metric(df: pd.DataFrame) -> str | None:
@@ -128,7 +129,7 @@ def accuracy_vs(df: pd.DataFrame, x: str, out_dir: Path, fits: dict[str, PowerLa
     if not numeric:
         ax.set_xticks(range(len(cats)), cats)
     ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel(f"held-out {metric} ({direction(d)})")
+    ax.set_ylabel(f"held-out {metric} ({direction(lower_is_better(d))})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -152,12 +153,12 @@ def pareto(df: pd.DataFrame, x: str, out_dir: Path) -> Figure:
     _annotate(ax, xs, ys, d["exp_id"])
     ax.set_xscale("log")
     ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
+    ax.set_ylabel(f"{metric} ({direction(lower)})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ids = ", ".join(d["exp_id"].iloc[front])
-    return Figure(name, title, _save(fig, out_dir, name), f"On the frontier ({metric}, {'lower' if lower else 'higher'} is better): {ids}.")
+    return Figure(name, title, _save(fig, out_dir, name), f"On the frontier ({metric}, {direction(lower)}): {ids}.")
 
 
 def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure:

@@ -90,7 +90,8 @@ def _best_line(rep) -> str:
     scores = done["score"].dropna().astype(float)
     if len(scores) > 1 and scores.nunique() == 1:  # a tie names no winner
         return f"No best run by {metric_name(done)}: all {len(scores)} runs score {scores.iloc[0]:.4g}."
-    return f"Best run by {metric_name(done)} ({direction(done)}): {best['exp_id']} ({float(best['score']):.4g})."
+    return (f"Best run by {metric_name(done)} ({direction(lower_is_better(done))}): {best['exp_id']} "
+            f"({float(best['score']):.4g}).")
 
 
 def halting_table(done: pd.DataFrame) -> pd.DataFrame:

@@ -3,24 +3,29 @@ derived compute. Analysis is a pure function of run directories; a corrupt or pa
 ``score`` is each run's headline metric (its summary's ``metric``: exact_acc for puzzles, val_loss for LM) and
 ``lower_is_better`` its direction, which every ranking (Pareto fronts, best run) follows.
 
-FLOPs are estimated, not measured. With P = parameters without the puzzle-id table (all counted as if they were
-the core's matmuls, which slightly overcounts the embedding and head), a token passes the core T x (n+1) times per
-supervision step (= effective_depth / (n_layer x n_sup_train) core applications), so one supervision step costs
-2·P·T(n+1) forward FLOPs per token, plus 4·P·(n+1) for the backward of the one recursion that keeps a graph.
-  train_flops     = steps x batch x tokens x (2·P·T(n+1) + 4·P·(n+1))       (x n_sup_train in ``summed`` mode)
-  inference_flops = tokens x 2·P·T(n+1) x n_sup_inference, per puzzle (``_act``: x mean_steps_act instead)
-Attention-score FLOPs (~ tokens^2) are left out: small for 81-97 tokens at these widths.
+FLOPs come from the project's one FLOP model (``trmlab.eval.flops``), fed with each run's own config: its
+seq_len and puzzle prefix as trained (filled from the data), batch, supervision mode, recursion schedule, and
+the core / token-mixer / head parameter counts its summary records (older summaries: every parameter but the
+puzzle-id table counted as a core matmul, which overcounts the embedding).
+  train_flops     = steps x flops_per_step
+  inference_flops = per answer with n_sup_inference steps (``_act``: x mean_steps_act steps instead)
+A GRPO run (``trm latent rl``) written before config.yaml existed is read from its rl_config.json.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import yaml
 
-MARKERS = ("config.yaml", "summary.json", "error.json", "metrics.jsonl")
+from trmlab.config import ModelConfig, TrainConfig
+from trmlab.eval.flops import inference_flops, step_flops
+
+MARKERS = ("config.yaml", "summary.json", "error.json", "metrics.jsonl", "rl_config.json")
 SKIP_PARTS = {"checkpoints", "best", "logs", "submitit", "report"}
 
 
@@ -58,22 +63,29 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
     return records, bad
 
 
+def _section(row: dict, name: str, cls):
+    """The run's ``name`` section as ``cls`` (its defaults for keys an older config lacks; not validated)."""
+    obj = cls()
+    for f in fields(obj):
+        if f"{name}.{f.name}" in row:
+            setattr(obj, f.name, row[f"{name}.{f.name}"])
+    return obj
+
+
 def flops(row: dict) -> dict:
-    """The estimates described in the module docstring (NaN where the config is unknown)."""
-    P = row.get("params_without_puzzle_emb") or row.get("params")
-    n, T = row.get("model.n_loops"), row.get("model.T_recursion")
-    if not P or not n or not T:
+    """Training and inference FLOPs of a run (module docstring); {} where its config or sizes are unknown."""
+    m = _section(row, "model", ModelConfig)
+    split = {k: row.get(k) or 0 for k in ("core_params", "head_params", "mixer_params")}
+    if not split["core_params"]:   # a summary from before the split was recorded
+        split = {"core_params": row.get("params_without_puzzle_emb") or row.get("params"), "head_params": 0}
+    if not split["core_params"] or not m.seq_len:   # no config.yaml, or shapes never filled from the data
         return {}
-    tokens = (row.get("model.seq_len") or 81) + (row.get("model.puzzle_emb_len") or 0)
-    per_token = 2 * P * T * (n + 1) + 4 * P * (n + 1)
-    sups = row.get("model.n_sup_train", 1) if row.get("train.supervision") == "summed" else 1
-    step = (row.get("train.batch_size") or 0) * tokens * per_token * sups
-    infer = tokens * 2 * P * T * (n + 1)
-    out = {"recursions_per_step": T * (n + 1), "flops_per_step": step,
-           "train_flops": step * (row.get("steps") or 0),
-           "inference_flops": infer * (row.get("model.n_sup_inference") or 1)}
+    cfg = SimpleNamespace(model=m, train=_section(row, "train", TrainConfig))
+    step = step_flops(cfg, **split)
+    out = {"recursions_per_step": m.T_recursion * (m.n_loops + 1), "flops_per_step": step,
+           "train_flops": step * (row.get("steps") or 0), "inference_flops": inference_flops(m, **split)}
     if row.get("mean_steps_act") is not None:
-        out["inference_flops_act"] = infer * row["mean_steps_act"]
+        out["inference_flops_act"] = inference_flops(m, **split, steps=row["mean_steps_act"])
     return out
 
 
@@ -86,20 +98,28 @@ def _data_size(row: dict) -> dict:
     return {"train_puzzles": puzzles, "train_examples": puzzles * (1 + (row.get("data.num_aug") or 0))}
 
 
-def lower_is_better(metric: str, task: str | None, summary: dict | None = None) -> bool:
-    """The headline metric's direction: the summary's word if it has one, else the task's (LM: val_loss, lower)."""
-    if summary and "lower_is_better" in summary:
+def lower_is_better(summary: dict, task: str | None) -> bool:
+    """The headline metric's direction as the run recorded it (summary.json), else as its task declares it (runs
+    written before the summary said), else higher is better."""
+    if "lower_is_better" in summary:
         return bool(summary["lower_is_better"])
-    if task:
-        from trmlab.errors import TrmError
-        from trmlab.tasks import get_task
-        try:
-            t = get_task(task)
-            if getattr(t, "metric", None) == metric:
-                return bool(getattr(t, "lower_is_better", False))
-        except TrmError:
-            pass
-    return metric.endswith(("loss", "ppl", "perplexity", "bpb", "bpc"))
+    from trmlab.errors import TrmError
+    from trmlab.tasks import get_task
+    try:
+        t = get_task(task or "")
+    except TrmError:
+        return False
+    return t.metric == summary.get("metric", t.metric) and bool(getattr(t, "lower_is_better", False))
+
+
+def read_config(run_dir: Path) -> dict | None:
+    """The run's config.yaml as a dict; a GRPO run from before config.yaml: its rl_config.json. None if neither."""
+    if (run_dir / "config.yaml").exists():
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if (run_dir / "rl_config.json").exists():
+        old = json.loads((run_dir / "rl_config.json").read_text())
+        return {**old.get("config", {}), "rl": {**old.get("rl", {}), "phase2_run": old.get("phase2_run", "")}}
+    return None
 
 
 def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
@@ -109,12 +129,11 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
     row = {"run": str(rel) if str(rel) != "." else run_dir.name, "exp_id": run_dir.name,
            "study": rel.parts[-2] if len(rel.parts) > 1 else root.name}
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        row["task"] = cfg.get("task")
-        row.update(_flatten({k: cfg.get(k) for k in ("model", "train", "data")}))
-    except FileNotFoundError:
-        pass
-    except (OSError, yaml.YAMLError):
+        cfg = read_config(run_dir)
+        if cfg is not None:
+            row["task"] = cfg.get("task")
+            row.update(_flatten({k: cfg.get(k) for k in ("model", "train", "data", "rl")}))
+    except (OSError, ValueError, yaml.YAMLError):
         problems.append(f"{row['run']}: config.yaml is corrupt")
     records, bad = read_metrics(run_dir / "metrics.jsonl")
     if bad:
@@ -134,7 +153,7 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
             row.update({k: json.dumps(v) for k, v in ev.items() if isinstance(v, list)})
             row["metric"] = s.get("metric", "exact_acc")
             row["score"] = ev.get(row["metric"])
-            row["lower_is_better"] = lower_is_better(row["metric"], row.get("task"), s)
+            row["lower_is_better"] = lower_is_better(s, row.get("task"))
             status = "done"
         except (OSError, ValueError, AttributeError):
             problems.append(f"{row['run']}: summary.json is corrupt; run skipped")

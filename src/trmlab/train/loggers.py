@@ -1,14 +1,21 @@
-"""Optional experiment trackers beside metrics.jsonl (always written): wandb or tensorboard, never required.
+"""What a run writes as it goes: metrics.jsonl (always), an optional tracker beside it, and summary.json at the end.
 
-``make_logger(cfg, run_dir)`` returns an object with ``log(record)`` and ``close()``. ``train.logger=none`` (the
-default), a missing package or a non-main process gives the no-op one. One tracker run per experiment; a study
-groups its runs through the TRM_STUDY environment variable set by `trm study run` (wandb group; tensorboard
-gets one log directory per run, so ``tensorboard --logdir runs/studies/<scale>/<study>`` shows the study).
+Every writer of a run directory's logs (the trainer, GRPO's ``trm latent rl``) goes through here:
+  MetricsLog       metrics.jsonl, one JSON record a line, appended as it comes, each also sent to the tracker
+  make_logger      the trainer's: metrics.jsonl + the tracker ``train.logger`` names; a no-op on other processes
+  write_summary    summary.json, the run's completion marker: written last, to a temporary name, then renamed
+
+Trackers (wandb or tensorboard) are never required: ``train.logger=none`` (the default) or a missing package gives
+the no-op one. One tracker run per experiment; a study groups its runs through the TRM_STUDY environment variable
+set by `trm study run` (wandb group; tensorboard gets one log directory per run, so
+``tensorboard --logdir runs/studies/<scale>/<study>`` shows the study).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 _warned: set = set()
 
@@ -63,9 +70,32 @@ class TensorboardLogger:
         self.writer.close()
 
 
+class MetricsLog:
+    """A run's metrics.jsonl: each record one JSON line, appended and closed at once (a crash loses at most the
+    line being written, which every reader skips), and passed on to ``tracker``."""
+
+    def __init__(self, path: str | Path, tracker=None):
+        self.path, self.tracker = Path(path), tracker or NoLogger()
+
+    def log(self, record: dict):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.tracker.log(record)
+
+    def close(self):
+        self.tracker.close()
+
+
 def make_logger(cfg, run_dir, is_main: bool = True):
+    """The trainer's logger: metrics.jsonl in ``run_dir`` and the tracker; a non-main process logs nothing."""
+    if not is_main:
+        return NoLogger()
+    return MetricsLog(Path(run_dir) / "metrics.jsonl", make_tracker(cfg, run_dir))
+
+
+def make_tracker(cfg, run_dir):
     kind = cfg.train.logger
-    if kind == "none" or not is_main:
+    if kind == "none":
         return NoLogger()
     try:
         if kind == "wandb":
@@ -76,3 +106,14 @@ def make_logger(cfg, run_dir, is_main: bool = True):
     except ImportError:
         _once(f"train.logger={kind}: the package is not installed (pip install {kind}); logging to metrics.jsonl only")
         return NoLogger()
+
+
+def write_summary(run_dir: str | Path, summary: dict):
+    """summary.json, atomically: written to summary.json.tmp, flushed to disk, then renamed over (a reader never
+    sees half of one, and a crash leaves the previous one or none)."""
+    tmp = Path(run_dir) / "summary.json.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(summary, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(run_dir) / "summary.json")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from trmlab.config import Config, from_dict, save_config
 from trmlab.errors import Interrupted, TrmError
+from trmlab.eval.flops import matmul_params
 from trmlab.recursion import count_parameters, model_summary
 from trmlab.tasks import get_task
 from trmlab.train import distributed
@@ -35,7 +36,7 @@ from trmlab.train.checkpoint import Checkpoint, checkpoints, load_checkpoint, sa
 from trmlab.train.curriculum import act_exploration, curriculum_depth
 from trmlab.train.device import pick_device
 from trmlab.train.ema import EMA
-from trmlab.train.loggers import make_logger
+from trmlab.train.loggers import make_logger, write_summary
 from trmlab.train.optim import build_optimizers, set_lr
 from trmlab.train.supervision import summed_objective
 
@@ -147,11 +148,7 @@ class Trainer:
             tqdm.write(msg)
 
     def log(self, record: dict):
-        if not self.dist.is_main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        self.tracker.log(record)
+        self.tracker.log(record)  # metrics.jsonl (+ wandb / tensorboard) on the main process; a no-op on others
 
     # ------------------------------------------------------------------ checkpoints
     def _rng_tensors(self) -> dict:
@@ -459,12 +456,11 @@ class Trainer:
         summary = {"name": self.cfg.name, "task": self.cfg.task, "steps": self.step, "train_time_s": self.train_time,
                    "s_per_step": self.train_time / max(self.step, 1), "nonfinite_steps": self.nonfinite,
                    **count_parameters(self.model), "effective_depth": self.cfg.model.effective_depth,
-                   "metric": self.task.metric, "eval": eval_metrics, "device": str(self.device),
-                   "world_size": self.dist.world_size}
+                   **matmul_params(self.model), "metric": self.task.metric,
+                   "lower_is_better": bool(getattr(self.task, "lower_is_better", False)), "eval": eval_metrics,
+                   "device": str(self.device), "world_size": self.dist.world_size}
         if self.dist.is_main:
-            tmp = self.run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.run_dir / "summary.json")  # written last: the run's completion marker
+            write_summary(self.run_dir, summary)  # written last: the run's completion marker
         return summary
 
 
