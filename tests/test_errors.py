@@ -313,3 +313,26 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(api, "build_model", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         main(["info", "sudoku"])
+
+
+# ------------------------------------------------------------------------------------------ study files and reports
+@pytest.mark.parametrize("text, words", [(b"experiments: [a, b]\n", "'experiments' must map"),
+                                         (b"grid: [1, 2]\n", "'grid' must map"),
+                                         (b"experiments: {a: [model.n_embd=64]}\nbase: [x]\n", "base must be one"),
+                                         (b"name: caf\xe9\nexperiments: {a: [model.n_embd=64]}\n", "utf-8")])
+def test_a_malformed_study_file(capsys, tmp_path, text, words):
+    (tmp_path / "study.yaml").write_bytes(text)
+    line = one_error_line(capsys, "study", "run", tmp_path / "study.yaml", "--dry-run", "--runs-dir", tmp_path / "r")
+    assert "study.yaml" in line and words in line
+
+
+def test_a_study_file_may_give_an_experiments_overrides_as_one_string(capsys, tmp_path):
+    (tmp_path / "study.yaml").write_text("experiments:\n  wide: model.n_embd=64 model.n_head=2\n")
+    assert main(["study", "run", str(tmp_path / "study.yaml"), "--base", "sudoku", "--dry-run",
+                 "--runs-dir", str(tmp_path / "r")]) == 0
+    assert "model.n_embd=64 model.n_head=2" in capsys.readouterr().out
+
+
+def test_a_report_of_a_directory_without_runs(capsys, tmp_path):
+    assert one_error_line(capsys, "study", "report", tmp_path) == f"trm: error: no runs at {tmp_path}"
+    assert list(tmp_path.iterdir()) == []   # no empty report written

@@ -195,8 +195,10 @@ def _report(args):
         if len(names) != 1:
             raise TrmError(f"'{args.study}' spans studies {', '.join(names)}; report one of them")
         root = runs_dir(args) / names[0]
-    if not root.is_dir():
-        raise TrmError(f"no runs at {root}; run the study first (trm study run {args.study} ...)")
+    from trmlab.studies.results import find_runs
+    if not root.is_dir() or not find_runs(root):
+        hint = "" if root == Path(args.study) else f"; run the study first (trm study run {args.study} ...)"
+        raise TrmError(f"no runs at {root}{hint}")
     try:
         rep = build_report(root, args.out or None)
     except OSError as e:  # a read-only or full report directory

@@ -342,13 +342,21 @@ def arch_configs(base: str = BASE_PRESET) -> dict[str, dict]:
 def load_study_file(path: str | Path) -> Study:
     path = Path(path)
     try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise TrmError(f"{path}: cannot read study file ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict) or not (d.get("experiments") or d.get("grid")):
         raise TrmError(f"{path}: a study file needs 'experiments' (id: [key=value, ...]) or 'grid' (key: [values])")
+    for key in ("experiments", "grid"):
+        if not isinstance(d.get(key) or {}, dict):
+            raise TrmError(f"{path}: '{key}' must map names to values (experiments: {{id: [key=value, ...]}}, "
+                           f"grid: {{key: [values]}}), got {type(d[key]).__name__}")
+    if not isinstance(d.get("base") or "", str):
+        raise TrmError(f"{path}: base must be one preset name or path, got {d['base']!r}")
     name = str(d.get("name") or path.stem)
-    exps = [Experiment(str(i), tuple(str(o) for o in (ov or []))) for i, ov in (d.get("experiments") or {}).items()]
+    # an experiment's overrides: a list, or one string of them ("model.n_embd=64 train.lr=1e-3")
+    exps = [Experiment(str(i), tuple(ov.split() if isinstance(ov, str) else (str(o) for o in (ov or []))))
+            for i, ov in (d.get("experiments") or {}).items()]
     grid = d.get("grid") or {}
     if grid:
         combos = [()]
