@@ -464,7 +464,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(phase1, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "trmlab.compress", *TINY, "--output_dir", str(two),
-           "--data_root", str(tmp_path / "data2"), "--batch_size", "2"]   # its own cache: both processes extract
+           "--data_root", str(root), "--batch_size", "2"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "global batch 4 (2 processes)" in proc.stdout
