@@ -3,9 +3,11 @@
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 
 from trmlab.config import load_config
 from trmlab.errors import TrmError
@@ -99,6 +101,22 @@ def test_grpo_latent_mode_logs_and_is_reproducible(phase2, tmp_path):
     assert strip[0] == strip[1]                            # same seed, same run
     evals = [[r["eval"] for r in recs if "eval" in r] for recs in runs]
     assert evals[0] == evals[1] and all(0 <= e["reward"] <= 1 for e in evals[0])   # held-out expected reward
+    # the run contract: config.yaml (the phase-2 config + its rl section), summary.json with the metric's direction
+    from trmlab.config import from_dict
+    from trmlab.studies.results import gather
+    a = tmp_path / "a"
+    saved = from_dict(yaml.safe_load((a / "config.yaml").read_text()))
+    assert saved.rl == replace(rl, phase2_run=str(run_dir)) and saved.task == "latent" and saved.data == cfg.data
+    assert not (a / "rl_config.json").exists() and not (a / "summary.json.tmp").exists()
+    summary = json.loads((a / "summary.json").read_text())
+    assert (summary["metric"], summary["lower_is_better"], summary["eval"]) == ("acc", False, evals[0][-1])
+    row = gather(tmp_path)[0].set_index("exp_id").loc["a"]
+    assert row["status"] == "done" and row["score"] == evals[0][-1]["acc"] and row["rl.steps"] == 2
+    # never over another run: the phase-2 run's own directory is refused before anything is written
+    before = (run_dir / "config.yaml").read_text()
+    with pytest.raises(TrmError, match="holds another run"):
+        run_grpo(cfg, rl, run_dir, run_dir, data_root, log=lambda m: None)
+    assert (run_dir / "config.yaml").read_text() == before and (run_dir / "metrics.jsonl").exists()
 
 
 def test_cli_latent_data_and_train(phase2, capsys):

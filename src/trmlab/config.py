@@ -191,6 +191,30 @@ class TrainConfig:
 
 
 @dataclass
+class RLConfig:
+    """Phase 3 of seed 001, GRPO on answer correctness (`trm latent rl`, llm/grpo.py): a GRPO run's ``rl`` section."""
+
+    mode: str = choice("latent", ("latent", "nothink", "think"), "what the policy answers from")
+    steps: int = 60
+    prompts_per_step: int = 8
+    num_generations: int = 8       # the group size G
+    lr: float = 2e-4
+    beta: float = 0.04             # KL to the reference model
+    temperature: float = 1.0
+    max_completion_length: int = 0  # 0 = data.max_answer_tokens (latent/nothink) or + max_think_tokens (think)
+    eval_interval: int = 10
+    eval_samples: int = 200
+    eval_draws: int = 4            # sampled answers per held-out problem for the expected reward (0 = greedy only)
+    seed: int = 0
+    phase2_run: str = ""           # mode=latent: the phase-2 run whose TRM supplies the latents
+
+    def __post_init__(self):
+        _check_finite(self, "rl")
+        if self.steps < 1 or self.prompts_per_step < 1 or self.num_generations < 2:
+            raise TrmError("rl.steps and rl.prompts_per_step must be >= 1 and rl.num_generations >= 2 (a group)")
+
+
+@dataclass
 class Config:
     task: str = "sudoku"
     name: str = ""                   # run name; default: the preset name
@@ -198,9 +222,13 @@ class Config:
     data: typing.Any = None          # the task's data dataclass
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rl: typing.Any = None            # RLConfig in a GRPO run (trm latent rl); no section in any other run
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.rl is None:
+            del d["rl"]
+        return d
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,7 +344,7 @@ def from_dict(d: dict) -> Config:
     d = dict(d)
     d.pop("base", None)
     task = d.pop("task", "sudoku")
-    cfg = Config(task=str(task), data=_data_class(str(task))())
+    cfg = Config(task=str(task), data=_data_class(str(task))(), rl=RLConfig() if d.get("rl") is not None else None)
     _apply(cfg, d, "")
     _revalidate(cfg)
     return cfg
@@ -453,5 +481,5 @@ def replace(cfg: Config, **sections) -> Config:
     return from_dict(d)
 
 
-__all__ = ["Config", "ModelConfig", "TrainConfig", "load_config", "from_dict", "save_config", "replace",
+__all__ = ["Config", "ModelConfig", "TrainConfig", "RLConfig", "load_config", "from_dict", "save_config", "replace",
            "list_presets", "preset_dict", "parse_overrides", "choice"]

@@ -12,6 +12,11 @@ policy loss, the KL penalty to a frozen reference model (``beta``) and seeding. 
 * logging: TRL's reward (= the sampled completions' accuracy), KL, loss and step time go to ``metrics.jsonl`` every
   step, and the greedy held-out accuracy every ``eval_interval`` steps (and before the first), as ``eval`` records.
 
+A GRPO run directory is a run like any other: ``config.yaml`` (the phase-2 config with an ``rl`` section,
+``RLConfig`` in config.py), ``metrics.jsonl`` through the trainer's logger (train/loggers.py), ``summary.json``
+written last and atomically (headline metric ``acc``, the held-out greedy accuracy, higher is better), and the
+policy in ``model/``.
+
 The TRM itself stays fixed here (its latents are precomputed); training it through the policy gradient is left
 for later. A run is a function of its seed: TRL seeds torch before building batches and sampling, and the
 completions are sampled on one CPU thread, so a rerun with the same seed logs the same rewards.
@@ -25,35 +30,18 @@ import os
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+import copy
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import TrainerCallback
 
-from trmlab.config import choice
+from trmlab.config import RLConfig, save_config
 from trmlab.errors import TrmError
 from trmlab.llm.checker import safe_check
-
-
-@dataclass
-class RLConfig:
-    mode: str = choice("latent", ("latent", "nothink", "think"), "what the policy answers from")
-    steps: int = 60
-    prompts_per_step: int = 8
-    num_generations: int = 8       # the group size G
-    lr: float = 2e-4
-    beta: float = 0.04             # KL to the reference model
-    temperature: float = 1.0
-    max_completion_length: int = 0  # 0 = data.max_answer_tokens (latent/nothink) or + max_think_tokens (think)
-    eval_interval: int = 10
-    eval_samples: int = 200
-    eval_draws: int = 4            # sampled answers per held-out problem for the expected reward (0 = greedy only)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.steps < 1 or self.prompts_per_step < 1 or self.num_generations < 2:
-            raise TrmError("rl.steps and rl.prompts_per_step must be >= 1 and rl.num_generations >= 2 (a group)")
+from trmlab.train.loggers import MetricsLog, write_summary
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, unbiased: bool = True
@@ -194,14 +182,13 @@ class RunLog(TrainerCallback):
     """Writes TRL's per-step reward/KL/loss and our greedy held-out accuracy to ``metrics.jsonl`` (and keeps them)."""
 
     def __init__(self, path: Path, evaluate, eval_interval: int, steps: int):
-        self.path, self.evaluate, self.eval_interval, self.steps = path, evaluate, eval_interval, steps
+        self.metrics, self.evaluate, self.eval_interval, self.steps = MetricsLog(path), evaluate, eval_interval, steps
         self.history: list[dict] = []
         self.model = None   # set by run_grpo: the policy as TRL wraps it
 
     def write(self, record: dict):
         self.history.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.metrics.log(record)
 
     def _eval(self, step: int):
         self.model.eval()
@@ -237,8 +224,8 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     from trmlab.tasks import get_task
 
     run_dir = Path(run_dir)
-    if (run_dir / "summary.json").exists():
-        raise TrmError(f"{run_dir} already holds a finished RL run; choose another --name")
+    _check_run_dir(run_dir)
+    phase2_run = phase2_run or rl.phase2_run or None
     task = get_task("latent")
     data = task.prepare(cfg, data_root)
     llm = task.llm(data, cfg)
@@ -250,8 +237,9 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     injector = _injector(cfg, data, phase2_run, task, fmt, problems) if rl.mode == "latent" else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)   # an unfinished earlier attempt: start its log afresh
-    (run_dir / "rl_config.json").write_text(json.dumps({"rl": asdict(rl), "config": cfg.to_dict(),
-                                                        "phase2_run": str(phase2_run or "")}, indent=2))
+    run_cfg = copy.deepcopy(cfg)   # the phase-2 config (its shapes filled by prepare) + what GRPO ran with
+    run_cfg.rl = replace(rl, phase2_run=str(phase2_run or ""))
+    save_config(run_cfg, run_dir / "config.yaml")
 
     from trmlab.data.hidden_states import hub_reachable
     if not hub_reachable():  # TRL loads the reference model by name: from the local cache, without retries
@@ -293,7 +281,7 @@ def _summary(run_dir: Path, rl: RLConfig, history: list[dict], train_time: float
     eval_reward = [(r["step"], r["eval"]["reward"]) for r in history if "reward" in r.get("eval", {})]
     w = max(1, min(10, len(rewards) // 3))
     first, last = (sum(rewards[:w]) / w, sum(rewards[-w:]) / w) if rewards else (math.nan, math.nan)
-    summary = {"mode": rl.mode, "steps": len(rewards), "seed": rl.seed, "train_time_s": train_time,
+    summary = {"task": "latent", "mode": rl.mode, "steps": len(rewards), "seed": rl.seed, "train_time_s": train_time,
                "s_per_step": train_time / max(len(rewards), 1),   # with our evaluations
                "step_time_s": sum(step_times) / len(step_times) if step_times else math.nan,   # TRL's, without
                "reward_first": first, "reward_last": last,
@@ -302,6 +290,22 @@ def _summary(run_dir: Path, rl: RLConfig, history: list[dict], train_time: float
                "eval_reward": eval_reward,
                "eval_reward_gain": eval_reward[-1][1] - eval_reward[0][1] if len(eval_reward) > 1 else 0.0,
                "checker_skipped": skipped, "injected_rows": injector.hits if injector else 0,
-               "torch_threads": torch.get_num_threads()}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+               "torch_threads": torch.get_num_threads(),
+               # the run contract every run keeps: the headline metric, its direction, the last evaluation
+               "metric": "acc", "lower_is_better": False,
+               "eval": next((r["eval"] for r in reversed(history) if "eval" in r), {})}
+    write_summary(run_dir, summary)
     return summary
+
+
+def _check_run_dir(run_dir: Path):
+    """A GRPO run goes into a fresh directory or an unfinished GRPO attempt, never over another run's files."""
+    config = run_dir / "config.yaml"
+    try:
+        ours = not config.exists() or "rl" in (yaml.safe_load(config.read_text()) or {})
+    except (OSError, yaml.YAMLError, TypeError):
+        ours = False
+    if not ours:
+        raise TrmError(f"{run_dir} holds another run (its config.yaml has no rl section); choose another --name")
+    if (run_dir / "summary.json").exists():
+        raise TrmError(f"{run_dir} already holds a finished RL run; choose another --name")
