@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import shutil
 import time
@@ -23,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from trmlab.config import TrainConfig
 from trmlab.errors import TrmError
+from trmlab.train.optim import lr_factor
 
 TINY_NAME = "tiny-arith"
 SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -128,13 +129,15 @@ def train_tiny_llm(spec: TinyLLMSpec, out_dir: str | Path, log=print) -> Path:
     rng = random.Random(spec.seed)
     stream = synthetic_problems(spec.steps * spec.batch_size, spec.seed, "llm", spec.min_steps, spec.max_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = max(1, spec.steps // 20)
+    # the recipe since version 1: a linear warmup over the first 5 % of steps times a cosine to 0 over ALL steps
+    # (not only after the warmup, as train.schedule=cosine does): two factors of the one schedule function
+    warmup = TrainConfig(steps=spec.steps, warmup_steps=max(1, spec.steps // 20), schedule="constant")
+    cosine = TrainConfig(steps=spec.steps, warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
     t0, losses = time.perf_counter(), []
     model.train()
     for step in range(spec.steps):
-        lr = spec.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / spec.steps))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = spec.lr * lr_factor(step, warmup) * lr_factor(step, cosine)
         ids, mask, labels = _batch(fmt, stream[step * spec.batch_size:(step + 1) * spec.batch_size], rng,
                                    spec.nothink_fraction)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
