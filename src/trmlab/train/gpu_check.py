@@ -25,6 +25,7 @@ import torch
 
 from trmlab.config import load_config
 from trmlab.errors import TrmError
+from trmlab.train.device import peak_memory_mb, reset_peak_memory, sync
 
 PAPER_BATCH = 768
 # the paper's Sudoku model on generated puzzles (the paper's data is a download); eval and checkpoints off
@@ -33,18 +34,6 @@ PAPER = ["data.source=generate", "data.n_train=64", "data.n_test=8", "data.num_a
 # what the CPU run of the check uses instead: the same stack at a size a test can afford
 SMALL = ["model.n_embd=32", "model.n_head=2", "model.n_loops=1", "model.T_recursion=2", "model.n_sup_train=2",
          "model.puzzle_emb_len=1"]
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _trainer(overrides: list[str], work: Path, device: str):
@@ -57,16 +46,15 @@ def time_steps(overrides: list[str], work: Path, device: str, steps: int = 3) ->
     """Median step time after a warm-up step (which includes compilation), and the peak memory."""
     trainer = _trainer(overrides, work, device)
     trainer.train_step()
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
+    reset_peak_memory(trainer.device)
     times = []
     for _ in range(steps):
-        _sync(trainer.device)
+        sync(trainer.device)
         t = time.perf_counter()
         trainer.train_step()
-        _sync(trainer.device)
+        sync(trainer.device)
         times.append(time.perf_counter() - t)
-    return f"{1e3 * statistics.median(times):,.1f} ms/step, peak {_peak_mb(trainer.device):,.0f} MB"
+    return f"{1e3 * statistics.median(times):,.1f} ms/step, peak {peak_memory_mb(trainer.device):,.0f} MB"
 
 
 @contextlib.contextmanager
@@ -99,7 +87,7 @@ def collective(device: str) -> str:
     with one_process_group(_backend(device)) as dist:
         x = torch.ones(1024, device=device)
         dist.all_reduce(x)
-        _sync(x.device)
+        sync(x.device)
         if x.sum().item() != 1024:
             raise RuntimeError(f"all_reduce over one process changed the tensor (sum {x.sum().item()})")
     return f"{_backend(device)} init + all_reduce {1e3 * (time.perf_counter() - t):.0f} ms"
