@@ -118,9 +118,15 @@ def curve(preds, q_logits, labels, rules) -> list[dict]:
     return rows
 
 
-def candidate_rules() -> list[HaltRule]:
+def candidate_rules(q_logits: torch.Tensor | None = None) -> list[HaltRule]:
+    """The fixed rules, and both threshold families over THRESHOLDS plus (given recorded Q-logits) the 5 %, 10 %,
+    ... 95 % quantiles of the recorded confidences: a Q-head whose confidence never passes 0.9 still gets a fine grid."""
+    thresholds = set(THRESHOLDS)
+    if q_logits is not None and q_logits.numel():
+        conf = torch.sigmoid(q_logits.float().flatten())
+        thresholds |= {round(float(v), 4) for v in torch.quantile(conf, torch.linspace(0.05, 0.95, 19))}
     rules = [fixed_rule(n) for n in FIXED_RULES]
-    for t in THRESHOLDS:
+    for t in sorted(t for t in thresholds if 0 < t < 1):
         rules += [HaltRule("threshold", t), HaltRule("threshold+stable", t, True)]
     return rules
 
@@ -164,7 +170,7 @@ def calibrate(model, task_name: str, train_split, n_sup: int, device, n_views: i
     from trmlab.eval.views import held_out_views
     inputs, labels, about = held_out_views(task_name, train_split, n_views, seed)
     preds, qs, labels_t = record_steps(model, inputs, labels, n_sup, device)
-    rows = curve(preds, qs, labels_t, candidate_rules())
+    rows = curve(preds, qs, labels_t, candidate_rules(qs))
     chosen = choose(rows, tolerance)
     best_threshold = {}
     for family in CALIBRATED_RULES:
@@ -175,6 +181,19 @@ def calibrate(model, task_name: str, train_split, n_sup: int, device, n_views: i
     return {"rule": {"name": chosen["name"], "threshold": chosen["threshold"], "stable": chosen["stable"]},
             "best_threshold": best_threshold, "tolerance": tolerance, "n_sup_inference": n_sup,
             "calibration_set": about, "n_views": int(len(inputs)), "seed": seed, "curve": rows}
+
+
+def calibrated_rule(model, cfg, data, device, n_views: int = 1000) -> HaltRule:
+    """The rule a training-time evaluation scores ACT with: calibrated in memory on ``n_views`` held-out training
+    views (nothing stored); every step for a run trained without ACT; ``stable`` where there is nothing to
+    calibrate on (no training split, or a task without views)."""
+    from trmlab.eval.views import VIEW_TASKS
+    if cfg.model.halting != "act":
+        return fixed_rule("all")
+    train = data.splits.get("train")
+    if cfg.task not in VIEW_TASKS or train is None or not len(train):
+        return fixed_rule("stable")
+    return resolve_rule("auto", calibrate(model, cfg.task, train, cfg.model.n_sup_inference, device, n_views))
 
 
 def load_calibration(run_dir) -> dict | None:
@@ -222,18 +241,21 @@ def fingerprint(model) -> str:
 
 
 def rule_for_run(name: str, model, task_name: str, train_split, n_sup: int, run_dir, device="cpu",
-                 recalibrate: bool = False, note=print) -> HaltRule:
+                 recalibrate: bool = False, note=print, trained_to_halt: bool = True, n_views: int = 1000) -> HaltRule:
     """The halting rule ``name`` for this run: ``auto`` and the calibrated rules use ``<run>/halting.json`` when it
-    belongs to these weights and this many steps, else calibrate now (on held-out training views) and store it."""
+    belongs to these weights and this many steps, else calibrate now (on held-out training views) and store it.
+    A run trained without ACT has an untrained Q-head: ``auto`` runs every step."""
     if name in FIXED_RULES:
         return fixed_rule(name)
+    if name == "auto" and not trained_to_halt:
+        return fixed_rule("all")
     calibration = load_calibration(run_dir) if run_dir is not None else None
     current = calibration is not None and calibration.get("weights") == fingerprint(model) and \
         calibration.get("n_sup_inference") == n_sup
     if recalibrate or not current:
         if task_name not in ("sudoku", "maze") or train_split is None:
             return resolve_rule(name, None)  # nothing to calibrate on: auto falls back to ``stable``
-        calibration = calibrate(model, task_name, train_split, n_sup, device)
+        calibration = calibrate(model, task_name, train_split, n_sup, device, n_views)
         calibration["weights"] = fingerprint(model)
         try:
             where = f"stored in {save_calibration(run_dir, calibration)}" if run_dir is not None else "not stored"

@@ -121,9 +121,18 @@ class PuzzleTask:
         return loss, correct, {"token_loss": tok.detach(), "cell_acc": (n_hit / n_valid.clamp(min=1)).float()}
 
     @torch.no_grad()
-    def evaluate(self, model, data: PuzzleData, cfg, device, split: str = "test", max_samples: int = 0) -> dict:
+    def evaluate(self, model, data: PuzzleData, cfg, device, split: str = "test", max_samples: int = 0,
+                 halt_rule=None) -> dict:
+        """``halt_rule`` (eval/halting.py) scores exact_acc_act. None (a training run's evaluation): a rule calibrated
+        now on held-out views of the training puzzles, as many as the puzzles evaluated (200 to 1000); `trm eval`
+        passes the run's stored calibration (halting.json)."""
+        from trmlab.eval.halting import calibrated_rule
         from trmlab.eval.puzzle import evaluate_puzzles
-        result = evaluate_puzzles(model, data.splits[split], cfg, device, max_samples=max_samples)
+        if halt_rule is None:
+            n = len(data.splits[split]) if not max_samples else min(max_samples, len(data.splits[split]))
+            halt_rule = calibrated_rule(model, cfg, data, device, n_views=min(1000, max(200, n)))
+        result = evaluate_puzzles(model, data.splits[split], cfg, device, max_samples=max_samples,
+                                  halt_rule=halt_rule)
         metrics = result.metrics()
         metrics.update(self.extra_metrics(result, data, cfg, split))
         return metrics
