@@ -354,3 +354,16 @@ def test_export_writes_runnable_yaml(tmp_path, capsys):
     assert len(files) == 68 and len(list((tmp_path / "cfg" / "arch").glob("*.yaml"))) == 34
     cfg = load_config(str(tmp_path / "cfg" / "experiments" / "exp02a_04.yaml"))
     assert cfg.model.n_loops == 8 and cfg.name == "exp02a_04" and cfg.model.core == "mlp_mixer"
+
+
+def test_an_older_grpo_run_is_read_from_its_rl_config_json(tmp_path):
+    # GRPO runs from before config.yaml had an rl section kept their config in rl_config.json
+    d = tmp_path / "rl" / "old"
+    d.mkdir(parents=True)
+    old = {"rl": {"mode": "think", "steps": 60}, "config": load_config("latent-tiny").to_dict(), "phase2_run": ""}
+    (d / "rl_config.json").write_text(json.dumps(old))
+    (d / "summary.json").write_text(json.dumps({"mode": "think", "steps": 60, "eval_acc": [[0, 0.9], [60, 0.8]]}))
+    df, problems = gather(tmp_path / "rl")
+    row = df.set_index("exp_id").loc["old"]
+    assert row["status"] == "done" and row["task"] == "latent" and row["rl.mode"] == "think"
+    assert row["model.n_embd"] == old["config"]["model"]["n_embd"] and problems == []
