@@ -15,14 +15,8 @@ import torch
 
 from trmlab import compress
 from trmlab.data.hidden_states import (
-    HFHiddenStateSource,
-    HiddenStateCache,
-    extract_hidden_states,
-    generate_cot_corpus,
-    iter_texts,
-    read_manifest,
-    save_tiny_random_model,
-)
+    HiddenStateCache, extract_hidden_states, generate_cot_corpus, iter_texts, read_manifest)
+from trmlab.llm.sources import HFHiddenStateSource, save_tiny_random_model
 from trmlab.errors import TrmError
 from trmlab.models.compressor import (
     DimensionCompressor,

@@ -39,7 +39,7 @@ def test_a_file_that_is_not_gguf_is_refused_before_any_cache_is_written(tmp_path
     monkeypatch.setenv("TRMLAB_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "notes.gguf"
     bad.write_text("not a model\n")
-    from trmlab.data.hidden_states import load_hidden_state_source
+    from trmlab.llm.sources import load_hidden_state_source
     with pytest.raises(TrmError, match="not a GGUF model file") as e:
         load_hidden_state_source(str(bad))
     assert "\n" not in str(e.value)
@@ -63,7 +63,7 @@ def test_an_architecture_transformers_lacks_is_one_line(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def smollm2_source():
-    from trmlab.data.hidden_states import load_hidden_state_source
+    from trmlab.llm.sources import load_hidden_state_source
     return load_hidden_state_source(SMOLLM2, max_seq_length=32, device="cpu")
 
 

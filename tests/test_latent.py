@@ -237,7 +237,7 @@ def test_group_advantages_match_trl(tmp_path):
 
 # ------------------------------------------------------------------------------------------ bad input
 def test_mismatched_compressor_is_one_line_error(tmp_path):
-    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.latent_pairs import build_latent_pairs
     from trmlab.models.compressor import DimensionCompressor, save_compressor
     save_compressor(tmp_path / "c", DimensionCompressor(64, 16))
     cfg = load_config("latent-tiny", SMALL + [f"data.compressor={tmp_path / 'c'}", "data.d_compressed=16"])
@@ -246,13 +246,13 @@ def test_mismatched_compressor_is_one_line_error(tmp_path):
     cfg = load_config("latent-tiny", SMALL + [f"data.compressor={tmp_path / 'c'}", "data.d_compressed=8"])
     with pytest.raises(TrmError, match="D'=16"):
         cfg.data.llm = "tiny-arith"
-        from trmlab.data.latent_pairs import checkpoint_compressor
+        from trmlab.llm.latent_pairs import checkpoint_compressor
         checkpoint_compressor(cfg.data, 64, 2)
     assert not (tmp_path / "data" / "llm").exists()           # failed before loading or training any LLM
 
 
 def test_dataset_without_needed_fields(tmp_path):
-    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.latent_pairs import build_latent_pairs
     f = tmp_path / "p.jsonl"
     f.write_text('{"text": "2+2", "answer": "4"}\n' * 4)
     cfg = load_config("latent-tiny", SMALL + [f"data.source={f}"])
@@ -260,7 +260,7 @@ def test_dataset_without_needed_fields(tmp_path):
         build_latent_pairs(cfg.data, tmp_path / "data")
     f.write_text("".join(json.dumps({"q": f"{i}+1", "t": f"{i}+1={i + 1}", "a": str(i + 1)}) + "\n"
                          for i in range(6)))
-    from trmlab.data.latent_pairs import problems
+    from trmlab.llm.latent_pairs import problems
     cfg = load_config("latent-tiny", SMALL + [f"data.source={f}", "data.question_field=q", "data.thinking_field=t",
                                               "data.answer_field=a", "data.n_test=2"])
     p = problems(cfg.data)
@@ -297,7 +297,7 @@ def test_smollm3_preset_builds_from_config_and_needs_weights(monkeypatch, tmp_pa
     assert 3.0e9 < sum(p.numel() for p in llm.parameters()) < 3.2e9 and next(llm.parameters()).is_meta
     trm = build_model(cfg)
     assert trm.head.out_features == 256
-    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.latent_pairs import build_latent_pairs
     with pytest.raises(TrmError, match="weights of LLM HuggingFaceTB/SmolLM3-3B are not available"):
         build_latent_pairs(load_config("latent-smollm3", ["data.compressor=pca"]).data, tmp_path / "data")
     # the preset's phase-1 compressor is absent too: the CLI says so in one line, exit 2
@@ -317,7 +317,7 @@ def test_contrastive_loss_punishes_the_mean_thought():
 
 
 def test_training_only_fields_do_not_rebuild_the_data():
-    from trmlab.data.latent_pairs import pairs_dir
+    from trmlab.llm.latent_pairs import pairs_dir
     base = load_config("latent-tiny").data
     assert pairs_dir(base, "d") == pairs_dir(load_config("latent-tiny", ["data.loss=contrastive",
                                                                          "data.halt_cosine=0.8"]).data, "d")
@@ -328,8 +328,8 @@ def test_training_only_fields_do_not_rebuild_the_data():
 def test_any_local_hf_model_and_chat_templates(tmp_path):
     """A foreign HF model directory (Llama with GQA, byte tokenizer, no chat template): its D and depth come from
     its config; a template that opens <think> itself (Qwen3 / DeepSeek-R1 style) is not opened twice."""
-    from trmlab.data.hidden_states import build_byte_tokenizer, save_tiny_random_model
-    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.sources import build_byte_tokenizer, save_tiny_random_model
+    from trmlab.llm.latent_pairs import build_latent_pairs
     from trmlab.llm.chat import ChatFormat
     from trmlab.llm.problems import Problem
     llm = save_tiny_random_model(tmp_path / "llm", hidden_size=48, num_layers=3, num_heads=4)
@@ -346,7 +346,7 @@ def test_any_local_hf_model_and_chat_templates(tmp_path):
 
 
 def test_non_utf8_problem_file_and_truncated_compressor_are_one_line_errors(tmp_path):
-    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.latent_pairs import build_latent_pairs
     from trmlab.llm.problems import load_problems
     from trmlab.models.compressor import DimensionCompressor, save_compressor
     for name, body in (("p.jsonl", b'{"question": "1+1", "thinking": "ok", "answer": "2"}\n{"question": "\xff"}\n'),

@@ -10,9 +10,10 @@ import torch
 
 from trmlab import compress
 from trmlab.config import load_config
-from trmlab.data.hidden_states import HiddenStateCache, find_source_loader, iter_texts, load_hidden_state_source
+from trmlab.data.hidden_states import HiddenStateCache, iter_texts
+from trmlab.llm.sources import find_source_loader, load_hidden_state_source
 from trmlab.data.text import TextDataConfig, build_text
-from trmlab.data.trmlab_source import TrmlabLMSource
+from trmlab.llm.trmlab_source import TrmlabLMSource
 from trmlab.errors import TrmError
 from trmlab.train.trainer import Trainer
 

@@ -62,7 +62,7 @@ def _config(args, overrides):
 
 # ------------------------------------------------------------------------------------------------ data
 def _data(args):
-    from trmlab.data.latent_pairs import build_latent_pairs
+    from trmlab.llm.latent_pairs import build_latent_pairs
     cfg = _config(args, args.overrides)
     path = build_latent_pairs(cfg.data, args.data_root)
     import json

@@ -219,7 +219,7 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
-    from trmlab.data.latent_pairs import load_checker
+    from trmlab.llm.latent_pairs import load_checker
     from trmlab.llm.chat import ChatFormat
     from trmlab.tasks import get_task
 

@@ -60,7 +60,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from trmlab.data.hidden_states import _bytes_to_unicode
+    from trmlab.llm.sources import _bytes_to_unicode
 
     b2u = _bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from trmlab.config import choice
-from trmlab.data.hidden_states import (TINY_RANDOM, HiddenStateCache, atomic_save_safetensors, atomic_write_json,
-                                       cache_key, canonical_dtype, check_hf_path, drop_corrupt_shards,
-                                       extract_hidden_states, finalize_manifest, find_source_loader, hub_reachable,
-                                       iter_texts, load_hidden_state_source, read_manifest, resolve_text_source)
+from trmlab.data.hidden_states import (
+    TINY_RANDOM, HiddenStateCache, atomic_save_safetensors, atomic_write_json, cache_key, canonical_dtype,
+    drop_corrupt_shards, extract_hidden_states, finalize_manifest, hub_reachable, iter_texts, read_manifest,
+    resolve_text_source)
 from trmlab.errors import TrmError
+from trmlab.llm.sources import check_hf_path, find_source_loader, load_hidden_state_source
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
                                       ReconstructionMetrics, load_checked)
 from trmlab.recursion import Carry, StepOutput

@@ -8,7 +8,7 @@ sum, ``contrastive`` = both + an InfoNCE term over the batch (data.loss; ``contr
 halting target: the mean cosine exceeds data.halt_cosine (``exact_acc`` in the logs).
 
 Evaluation reports the cosine to the target after every supervision step, and what matters in the end: the answer
-accuracy of the LLM when the predicted latent replaces the thinking (see ``data/latent_pairs.py`` for the
+accuracy of the LLM when the predicted latent replaces the thinking (see ``llm/latent_pairs.py`` for the
 injection), next to no thinking, full thinking and the true target injected, on the same test problems.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trmlab.data.latent_pairs import LatentDataConfig, build_latent_pairs, flag_accuracy, load_checker
+from trmlab.llm.latent_pairs import LatentDataConfig, build_latent_pairs, flag_accuracy, load_checker
 from trmlab.errors import TrmError
 from trmlab.recursion import HaltTracker, RecursiveModel, lecun_init_
 from trmlab.tasks.puzzle import EpochSampler, rank_slice
