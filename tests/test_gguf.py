@@ -56,7 +56,7 @@ def test_an_architecture_transformers_lacks_is_one_line(tmp_path, monkeypatch):
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 2), dtype=np.float32))
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-    from trmlab.llm.model import llm_config
+    from trmlab.llm.pretrained import llm_config
     with pytest.raises(TrmError, match="transformers cannot load this GGUF.*notanarch"):
         llm_config(str(path))
 
@@ -78,7 +78,7 @@ def test_smollm2_loads_as_a_hidden_state_source(smollm2_source):
         out = src.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     assert len(out.hidden_states) == 31
     assert src.tokenizer.decode(out.logits[0, -1].argmax()).strip() == "Paris"
-    from trmlab.llm.model import llm_config, llm_dims
+    from trmlab.llm.pretrained import llm_config, llm_dims
     assert llm_dims(llm_config(SMOLLM2)) == (576, 30)
 
 

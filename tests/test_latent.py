@@ -286,7 +286,7 @@ def test_checker_that_raises_skips_samples_in_evaluation(phase2):
 def test_smollm3_preset_builds_from_config_and_needs_weights(monkeypatch, tmp_path):
     from trmlab.api import build_model
     from trmlab.cli import main
-    from trmlab.llm.model import SMOLLM3, llm_config, llm_dims, meta_model
+    from trmlab.llm.pretrained import SMOLLM3, llm_config, llm_dims, meta_model
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))       # an empty cache: the weights are certainly absent
     cfg = load_config("latent-smollm3")

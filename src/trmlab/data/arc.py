@@ -42,7 +42,7 @@ PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
 # Tasks: loading and validation
 
 @dataclass
-class ArcTask:
+class ArcPuzzle:
     id: str
     train: list[tuple[np.ndarray, np.ndarray]]         # demonstration pairs (input, output)
     test: list[tuple[np.ndarray, np.ndarray | None]]   # test pairs; the output may be unknown
@@ -165,7 +165,7 @@ def _with_outputs(ctx: str, raw, outputs, solutions: Path | None):
     return dict(raw, test=test)
 
 
-def read_task_files(path, require_test_outputs: bool = True) -> tuple[list[ArcTask], list[tuple[str, str]]]:
+def read_task_files(path, require_test_outputs: bool = True) -> tuple[list[ArcPuzzle], list[tuple[str, str]]]:
     """The tasks of a task JSON file, an ARC Prize challenges file (its ``_solutions`` file beside it, or the
     solutions file itself), or a directory of either; returns (good tasks, [(task id or file, message)] of bad ones).
     """
@@ -206,7 +206,7 @@ def _file_entries(f: Path, require_test_outputs: bool) -> list[tuple[str, str, o
     return _prize_entries(f, solutions, tasks=raw)
 
 
-def _parse_task(task_id: str, where: str, raw, require_test_outputs: bool) -> ArcTask:
+def _parse_task(task_id: str, where: str, raw, require_test_outputs: bool) -> ArcPuzzle:
     ctx = f"{where}: task {task_id}"
     if isinstance(raw, tuple):  # an ARC Prize challenge with its solutions entry
         raw = _with_outputs(ctx, *raw)
@@ -223,7 +223,7 @@ def _parse_task(task_id: str, where: str, raw, require_test_outputs: bool) -> Ar
         raise TrmError(f"{ctx}: needs at least one train pair and one test pair")
     train = [_parse_pair(p, f"{ctx}: train[{i}]", True) for i, p in enumerate(raw["train"])]
     test = [_parse_pair(p, f"{ctx}: test[{i}]", require_test_outputs) for i, p in enumerate(raw["test"])]
-    return ArcTask(task_id, train, test, where)
+    return ArcPuzzle(task_id, train, test, where)
 
 
 def _parse_pair(pair, ctx: str, need_output: bool):
@@ -423,7 +423,7 @@ class ArcDataConfig:
                 raise TrmError(f"data.{name}={getattr(self, name)!r}: must be true or false")
 
 
-def task_augmentations(task: ArcTask, num_aug: int, rng: np.random.Generator) -> list[Augmentation]:
+def task_augmentations(task: ArcPuzzle, num_aug: int, rng: np.random.Generator) -> list[Augmentation]:
     """``num_aug`` views of ``task`` that all look different, the identity first.
 
     As in the paper, a view equal to an earlier one (a symmetric task) is redrawn, within 5 draws per wanted view, so a
@@ -442,7 +442,7 @@ def task_augmentations(task: ArcTask, num_aug: int, rng: np.random.Generator) ->
     return augs
 
 
-def _view_hash(task: ArcTask, aug: Augmentation) -> bytes:
+def _view_hash(task: ArcPuzzle, aug: Augmentation) -> bytes:
     h = hashlib.sha1()
     for g in task.grids():
         a = aug.apply(g)
@@ -450,7 +450,7 @@ def _view_hash(task: ArcTask, aug: Augmentation) -> bytes:
     return h.digest()
 
 
-def _load_split(cfg: ArcDataConfig, split: str) -> tuple[list[ArcTask], list[dict]]:
+def _load_split(cfg: ArcDataConfig, split: str) -> tuple[list[ArcPuzzle], list[dict]]:
     """The split's good tasks (the first ``max_tasks``) and a note for each skipped bad one."""
     tasks, bad = load_tasks(cfg.source, split, require_test_outputs=True, skip_bad=True)
     for _, message in bad:
@@ -483,7 +483,7 @@ class _Rows:
         return PuzzleSplit(self.inputs, self.labels, self.puzzle_ids, self.group_ids)
 
 
-def _require_tasks(cfg: ArcDataConfig, split: str, tasks: list[ArcTask], skipped: list[dict]) -> None:
+def _require_tasks(cfg: ArcDataConfig, split: str, tasks: list[ArcPuzzle], skipped: list[dict]) -> None:
     if not tasks:
         first = f" (all {len(skipped)} skipped; first: {skipped[0]['reason']})" if skipped else ""
         raise TrmError(f"data.source={cfg.source!r}: no usable task in split {split!r}{first}")
@@ -517,7 +517,7 @@ def build_arc(cfg: ArcDataConfig, out_root="data", force: bool = False) -> Path:
                        f"{cfg.train_split!r} and {cfg.eval_split!r}")
     jobs = [(t, False) for t in train_tasks] + [(t, True) for t in eval_tasks]
 
-    def trained_pairs(task: ArcTask, is_eval: bool) -> list:
+    def trained_pairs(task: ArcPuzzle, is_eval: bool) -> list:
         return (task.train if cfg.train_on_eval_demos else []) if is_eval else task.train + task.test
 
     # Pass 1: every task's views (per-task streams: a task's views do not change with max_tasks, or with translate),

@@ -216,7 +216,7 @@ def _check_inputs(cfg: LatentDataConfig, log=print):
     """Everything that can fail on bad input, checked from the LLM's config before any LLM is loaded or trained:
     (hidden size D, number of layers, the resolved layer, the phase-1 compressor or None for PCA)."""
     from trmlab.llm.inject import resolve_layer
-    from trmlab.llm.model import llm_config, llm_dims
+    from trmlab.llm.pretrained import llm_config, llm_dims
     d_model, n_layers = llm_dims(llm_config(cfg.llm, cfg.tiny_spec()))
     layer = resolve_layer(cfg.layer, n_layers)
     comp = None if cfg.compressor == "pca" else checkpoint_compressor(cfg, d_model, layer, log)
@@ -274,7 +274,7 @@ def _write(out: Path, cfg: LatentDataConfig, probs, comp, comp_states, scale: fl
 def build_latent_pairs(cfg: LatentDataConfig, data_root: str | Path = "data", log=print) -> Path:
     """Build (or reuse) the phase-2 dataset for ``cfg`` and return its directory."""
     from trmlab.llm.chat import ChatFormat
-    from trmlab.llm.model import llm_dims, load_llm
+    from trmlab.llm.pretrained import llm_dims, load_llm
 
     out = pairs_dir(cfg, data_root)
     if (out / "metadata.json").exists():

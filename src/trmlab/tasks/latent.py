@@ -214,7 +214,7 @@ class LatentTask:
     def llm(self, data: LatentData, cfg) -> dict:
         """The source LLM and the compressor, loaded once per dataset object."""
         if not data.llm:
-            from trmlab.llm.model import load_llm
+            from trmlab.llm.pretrained import load_llm
             from trmlab.models.compressor import load_compressor
             model, tok = load_llm(cfg.data.llm, cfg.data.tiny_spec(), data.path.parent / "llm",
                                   dtype=cfg.data.llm_dtype)
