@@ -221,3 +221,14 @@ def test_stable_rule_sees_the_previous_answer_while_rows_leave_the_batch():
     for i in range(8):
         same = [k for k in range(1, 4) if torch.equal(preds[k][i], preds[k - 1][i])]
         assert chains.steps[i].item() == (same[0] + 1 if same else 4)
+
+
+def test_solve_one_is_the_plain_answer_with_one_chain_and_counts_its_candidates():
+    from trmlab.eval.test_time import solve_one
+    model, _ = tiny()
+    split = random_split(n=1)
+    got = solve_one(model, "sudoku", split.inputs[0], 4, fixed_rule("all"))
+    assert np.array_equal(got["answer"], plain_predictions(model, batch_of(split), 4)[0].numpy())
+    assert got["core_calls"] == 4 * model.T_recursion * (model.n_loops + 1) and got["candidates"] == 1
+    many = solve_one(model, "sudoku", split.inputs[0], 4, fixed_rule("all"), InferenceOptions(samples=3, views=2))
+    assert many["candidates"] == 6 and many["core_calls"] == 6 * got["core_calls"]

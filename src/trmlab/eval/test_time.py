@@ -182,6 +182,37 @@ def solve_batch(model, task_name: str, inputs: np.ndarray, puzzle_ids: np.ndarra
 
 
 @torch.no_grad()
+def solve_one(model, task_name: str, tokens: np.ndarray, n_sup: int, rule: HaltRule | None = None,
+              opts: InferenceOptions | None = None) -> dict:
+    """`trm solve`: one puzzle's chosen answer [L] (its own frame), steps, confidence and the compute spent.
+
+    Defaults: one plain chain halted by ``stable`` (a run's calibrated rule comes from ``halt_rule_from_args``)."""
+    from trmlab.eval.halting import fixed_rule
+    rule, opts = rule or fixed_rule("stable"), opts or InferenceOptions()
+    rng, generator = np.random.default_rng([opts.seed, 19]), torch.Generator().manual_seed(opts.seed)
+    tokens = np.asarray(tokens, np.int64).reshape(1, -1)
+    was_training = model.training
+    model.eval()
+    got = solve_batch(model, task_name, tokens, np.zeros(1, np.int64), n_sup, rule, opts, rng, generator)
+    model.train(was_training)
+    checker = answer_checker(task_name)
+    valid = None
+    if opts.select == "valid" and checker:
+        valid = torch.from_numpy(checker(np.repeat(tokens, got["answers"].shape[1], 0), got["answers"][0].numpy()))[None]
+    i = int(select(got["answers"], got["confidence"], got["steps"], opts.select, valid)[0])
+    return {"answer": got["answers"][0, i].numpy(), "steps": int(got["steps"][0, i]),
+            "confidence": float(got["confidence"][0, i]), "core_calls": got["core_calls"],
+            "candidates": int(got["answers"].shape[1]), "halt": rule.label()}
+
+
+def solve_summary(got: dict, n_sup: int) -> str:
+    """The steps-and-compute part of `trm solve`'s verdict line."""
+    many = f", {got['candidates']} candidates" if got["candidates"] > 1 else ""
+    return (f"supervision steps used: {got['steps']} of {n_sup}   core applications: {got['core_calls']:,}{many}   "
+            f"(halt {got['halt']})")
+
+
+@torch.no_grad()
 def evaluate_test_time(model, task_name: str, split, n_sup: int, rule: HaltRule, opts: InferenceOptions,
                        device="cpu", max_samples: int = 0, max_rows: int = 4096) -> dict:
     """Exact accuracy of every selection rule, and the compute spent, on a held-out split."""

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import PuzzleTask
@@ -106,8 +105,10 @@ class MazeTask(PuzzleTask):
                             puzzle_ids=np.zeros(n, np.int32), group_ids=np.arange(n, dtype=np.int32))
         return PuzzleData(Path(path), {"test": split}, {"task": "maze", "skipped": skipped})
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "") -> int:
-        """Print the maze with the predicted path, whether it is a valid shortest path, and the steps ACT used."""
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", test_time=None) -> int:
+        """Print the maze with the predicted path, whether it is a valid shortest path, the steps ACT used and the
+        compute. ``test_time`` = (halting rule, InferenceOptions) from eval/test_time.py (None: one plain chain)."""
+        from trmlab.eval.test_time import solve_one, solve_summary
         from trmlab.data.maze import check_path, maze_to_tokens, render_maze, tokens_to_text
         grid, where = read_maze(text)
         if grid.size != cfg.model.seq_len:
@@ -115,14 +116,12 @@ class MazeTask(PuzzleTask):
             raise TrmError(f"{where}: maze task: the maze is {grid.shape[0]}x{grid.shape[1]} but this model "
                            f"solves {side}x{side} mazes")
         # Encoded exactly as the dataset builder encodes its inputs: the flat token grid and the shared puzzle id 0.
-        batch = {"inputs": torch.from_numpy(maze_to_tokens(grid).astype(np.int64))[None],
-                 "puzzle_ids": torch.zeros(1, dtype=torch.long)}
-        answer, steps = model.predict(batch, n_sup=n_sup, halt=cfg.model.halting == "act")
-        pred = answer[0].numpy().reshape(grid.shape)
+        got = solve_one(model, self.name, maze_to_tokens(grid), n_sup, *(test_time or ()))
+        pred = got["answer"].reshape(grid.shape)
         verdict = check_path(grid, pred)
         print(tokens_to_text(pred))
         print(f"valid: {'yes' if verdict['valid'] else 'no'}   shortest: {'yes' if verdict['shortest'] else 'no'}   "
-              f"supervision steps used: {int(steps[0])} of {n_sup}")
+              f"{solve_summary(got, n_sup)}")
         if out:
             png = Path(out) if out.lower().endswith(".png") else Path(out) / "maze.png"
             render_maze(grid, pred, png, title=f"valid: {'yes' if verdict['valid'] else 'no'}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import PuzzleTask
@@ -26,20 +25,20 @@ class SudokuTask(PuzzleTask):
     def shapes(self, cfg) -> dict:
         return {"vocab_size": 11, "seq_len": 81, "num_puzzle_ids": 1}
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "") -> int:
-        """Print the solved grid, whether it is a valid solution of the givens, and the steps ACT used."""
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", test_time=None) -> int:
+        """Print the solved grid, whether it is a valid solution of the givens, the steps ACT used and the compute.
+        ``test_time`` = (halting rule, InferenceOptions) from eval/test_time.py (None: one plain chain)."""
+        from trmlab.eval.test_time import solve_one, solve_summary
         from trmlab.data.sudoku import (decode_tokens, encode_grid, format_grid, is_consistent,
                                         is_valid_solution, parse_puzzle, solve)
         puzzle = parse_puzzle(text)
         if not solve(puzzle, limit=1)[0]:  # the model would print some grid; no grid is right
             raise TrmError("puzzle: no two givens clash, but no grid completes them; it has no solution")
-        batch = {"inputs": torch.from_numpy(encode_grid(puzzle).astype(np.int64))[None],
-                 "puzzle_ids": torch.zeros(1, dtype=torch.long)}
-        answer, steps = model.predict(batch, n_sup=n_sup, halt=cfg.model.halting == "act")
-        grid = decode_tokens(answer[0].numpy())
+        got = solve_one(model, self.name, encode_grid(puzzle), n_sup, *(test_time or ()))
+        grid = decode_tokens(got["answer"])
         ok = is_valid_solution(grid) and is_consistent(puzzle, grid)
         print(format_grid(grid))
-        print(f"valid: {'yes' if ok else 'no'}   supervision steps used: {int(steps[0])} of {n_sup}")
+        print(f"valid: {'yes' if ok else 'no'}   {solve_summary(got, n_sup)}")
         return 0 if ok else 1
 
     def extra_metrics(self, result, data, cfg, split) -> dict:
