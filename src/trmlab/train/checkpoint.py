@@ -272,5 +272,6 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = True, with_ema: boo
         if damaged:
             note(f"{'; '.join(damaged)}: using the newest whole checkpoint, {candidate.name}")
         return ckpt
-    older = f" (and {len(damaged) - 1} older one{'s' * (len(damaged) > 2)} not whole either)" if len(damaged) > 1 else ""
+    n_older = len(damaged) - 1
+    older = f" (and {n_older} older one{'s' * (n_older > 1)} not whole either)" if n_older else ""
     raise TrmError(f"{path}: no whole checkpoint to {'resume' if with_optimizer else 'load'}: {damaged[0]}{older}")

@@ -477,18 +477,24 @@ def _record(line: str) -> dict | None:
 # --overwrite deletes a directory only when it holds one of the markers and nothing else than these.
 RUN_MARKERS = {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "error.json"}
 RUN_ENTRIES = RUN_MARKERS | {
-    "summary.json.tmp", "best",                           # the trainer: summary being written, train.keep_best
+    "best",                                               # train.keep_best
     "tokenizer.json",                                     # LM: the run's own tokenizer
     "submission.json", "arc_scores.json", "pictures",     # ARC: the evaluation's files
+    "halting.json",                                       # `trm eval --calibrate-halting`
     "tensorboard", "wandb",                               # train.logger
 }
-TEMPORARY = re.compile(r"\.tokenizer\.json\.tmp-\d+")      # LM: the tokenizer while it is copied
+TEMPORARY = re.compile(r"\.?(?P<name>.+)\.tmp(-\d+)?")  # one being written: summary.json.tmp, .tokenizer.json.tmp-<pid>
 CHECKPOINT_ENTRIES = re.compile(r"(\.tmp_|\.old_)?step_\d+")
+
+
+def _run_entry(name: str) -> bool:
+    temporary = TEMPORARY.fullmatch(name)
+    return name in RUN_ENTRIES or (temporary is not None and temporary["name"] in RUN_ENTRIES)
 
 
 def _foreign(d: Path) -> list[str]:
     """What in ``d`` a trmlab run does not write (checkpoints/ and best/ looked into too)."""
-    foreign = [p.name for p in d.iterdir() if p.name not in RUN_ENTRIES and not TEMPORARY.fullmatch(p.name)]
+    foreign = [p.name for p in d.iterdir() if not _run_entry(p.name)]
     for ckpts in (d / "checkpoints", d / "best" / "checkpoints"):
         if ckpts.is_dir():
             foreign += [f"{ckpts.relative_to(d)}/{p.name}" for p in ckpts.iterdir()
