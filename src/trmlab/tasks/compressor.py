@@ -35,6 +35,7 @@ from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, 
 from trmlab.recursion import Carry, StepOutput
 from trmlab.tasks.puzzle import EpochSampler, rank_slice
 from trmlab.train import distributed
+from trmlab.train.device import pick_device
 
 DEFAULT_LLM = "HuggingFaceTB/SmolLM3-3B"
 TINY_HIDDEN_SIZE, TINY_NUM_LAYERS = 64, 2   # tiny-random's shape (data/hidden_states.py builds it)
@@ -215,7 +216,7 @@ class CompressorTask:
         texts = iter_texts(source, d.stage, d.text_field, d.num_samples, d.seed, log=log)
         log(f"hidden states: {d.llm} layer {d.layer} over up to {d.num_samples} texts from {source} -> {path} "
             f"({d.dtype}, {dist.world_size} process{'es' if dist.world_size > 1 else ''})")
-        device = dist.device if dist.world_size > 1 else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = dist.device if dist.world_size > 1 else pick_device()
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d.dtype) if device.type == "cuda" else None
         t0 = time.perf_counter()
         summary = extract_hidden_states(
