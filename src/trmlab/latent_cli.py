@@ -39,7 +39,7 @@ def latent(args):
 
 def _split_overrides(overrides: list[str]) -> tuple[list[str], dict]:
     """Config overrides, and the ``rl.*`` ones (also accepted bare when only RLConfig has the key)."""
-    from trmlab.llm.grpo import RLConfig
+    from trmlab.config import RLConfig
     rl_keys = {f.name for f in fields(RLConfig)}
     cfg_over, rl_over = [], {}
     for item in overrides:
@@ -105,7 +105,8 @@ def _train(args):
 
 # ------------------------------------------------------------------------------------------------ rl
 def _rl(args):
-    from trmlab.llm.grpo import RLConfig, run_grpo
+    from trmlab.config import RLConfig
+    from trmlab.llm.grpo import run_grpo
     cfg_over, rl_over = _split_overrides(args.overrides)
     phase2 = None
     path = Path(args.preset)
