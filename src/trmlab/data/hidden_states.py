@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import torch
 
+from trmlab.atomic import save_safetensors, write_json
 from trmlab.errors import TrmError
 
 FORMAT = "trmlab.hidden_states/1"
@@ -67,22 +68,6 @@ def canonical_dtype(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- network
@@ -320,7 +305,7 @@ def _forget_shards(out_dir: Path, man: dict, bad: list[int]) -> None:
     (the corrupt files stay until a fresh shard replaces them atomically)."""
     for i in bad:
         (out_dir / _record_name(i)).unlink(missing_ok=True)
-    atomic_write_json(out_dir / "manifest.json", dict(man, complete=False))
+    write_json(out_dir / "manifest.json", dict(man, complete=False))
 
 
 def drop_corrupt_shards(out_dir: str | Path) -> list[int]:
@@ -360,7 +345,7 @@ def finalize_manifest(out_dir: str | Path, config: dict, total_samples: int, sha
     man = {"format": FORMAT, "config": config, "hidden_size": hidden_size, "shard_size": int(shard_size),
            "shards": shards, "num_samples": sum(s["num_samples"] for s in shards),
            "num_tokens": sum(s["num_tokens"] for s in shards), "complete": True}
-    atomic_write_json(out_dir / "manifest.json", man)
+    write_json(out_dir / "manifest.json", man)
     return man
 
 
@@ -408,7 +393,7 @@ def extract_hidden_states(
         return {"num_samples": man["num_samples"], "computed": [], "skipped": list(range(len(man["shards"]))),
                 "hidden_size": man["hidden_size"], "manifest": man}
     if man is None and process_index == 0:  # record the settings up front (an incomplete manifest)
-        atomic_write_json(out_dir / "manifest.json", {"format": FORMAT, "config": config, "hidden_size": None,
+        write_json(out_dir / "manifest.json", {"format": FORMAT, "config": config, "hidden_size": None,
                                                       "shard_size": int(shard_size), "shards": [], "complete": False})
     done = _finished_shards(out_dir)
     state = {"source": None, "hidden_size": next((d.get("hidden_size") for d in done.values()), None)}
@@ -445,11 +430,11 @@ def extract_hidden_states(
             mask[row : row + m.shape[0], : m.shape[1]] = m
             row += h.shape[0]
         hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)  # padding positions hold zeros, not model output
-        atomic_save_safetensors(out_dir / shard_name(idx), {"hidden": hidden, "mask": mask},
+        save_safetensors(out_dir / shard_name(idx), {"hidden": hidden, "mask": mask},
                                 metadata={"format": FORMAT, "layer": str(layer), "dtype": dtype})
         info = {"num_samples": len(buf), "num_tokens": int(mask.sum()), "max_length": int(length),
                 "hidden_size": int(d), "dtype": dtype}
-        atomic_write_json(out_dir / _record_name(idx), info)
+        write_json(out_dir / _record_name(idx), info)
         done[idx] = info
         computed.append(idx)
 
@@ -571,6 +556,4 @@ __all__ = [
     "read_manifest",
     "hub_reachable",
     "cache_key",
-    "atomic_write_json",
-    "atomic_save_safetensors",
 ]

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from trmlab.atomic import atomic_directory
 from trmlab.errors import TrmError
 
 FORMAT_VERSION = 1
@@ -162,25 +162,19 @@ def save_puzzle_dataset(out_dir: str | Path, splits: dict[str, PuzzleSplit], met
     missing = required - set(meta)
     if missing:
         raise ValueError(f"puzzle metadata lacks {sorted(missing)}")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     meta = dict(meta, format_version=FORMAT_VERSION, splits={k: len(v) for k, v in splits.items()},
                 content_hash=content_hash(splits))
     if "source_files" not in meta:  # what cached_dataset compares with the files to spot edits
         meta["source_files"] = source_signature(meta.get("config", {}))
     try:
-        tmp.mkdir(parents=True)
-        for split, data in splits.items():
-            for name, arr in data.arrays().items():
-                np.save(tmp / f"{split}_{name}.npy", arr)
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+        with atomic_directory(out_dir) as tmp:  # a half-written copy is removed: it would keep a full disk full
+            for split, data in splits.items():
+                for name, arr in data.arrays().items():
+                    np.save(tmp / f"{split}_{name}.npy", arr)
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
     except OSError as e:  # a full disk (numpy says only "N requested and M written"), a read-only directory
-        shutil.rmtree(tmp, ignore_errors=True)  # the half-written copy would keep the disk full
         reason = e.strerror or f"{e}; is the disk full?"
         raise TrmError(f"{out_dir}: could not write the dataset ({reason}); nothing was replaced") from None
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return out_dir
 
 

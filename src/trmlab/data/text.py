@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from trmlab.atomic import atomic_directory
 from trmlab.data.corpus import corpus_entropy_bits_per_byte, generate_corpus_with_nll, iter_documents
 from trmlab.data.puzzles import file_signature
 from trmlab.data.tokenizer import MIN_VOCAB, Tokenizer, load_tokenizer, train_tokenizer
@@ -236,14 +236,9 @@ def build_text(cfg: TextDataConfig, out_root: str | Path = "data", force: bool =
             return out_dir
         except TrmError:
             pass                                    # half-deleted or stale: rebuild over it
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        _write_build(cfg, tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        with atomic_directory(out_dir) as tmp:
+            _write_build(cfg, tmp)
     except OSError:
         if not (out_dir.exists() and not force):    # another process finished the same build first: use it
             raise

@@ -4,10 +4,9 @@ the held-out cosine against D' and ``sweep_results.json``, each row one run's ex
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from trmlab.data.hidden_states import atomic_write_json
+from trmlab.atomic import atomic_file, write_json
 
 
 def format_table(rows: list[dict]) -> str:
@@ -42,10 +41,9 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path, suffix=".png") as tmp:  # matplotlib reads the format from the extension
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -57,7 +55,7 @@ def write_sweep(out: Path, stage: str, model: str, layer: int, rows: list[dict],
     suffix = "" if stage == "1a" else f"_{stage}"   # a 1b sweep does not overwrite the 1a summary
     plot = plot_sweep(rows, out / f"sweep_cosine_similarity{suffix}.png",
                       f"phase 1 stage {stage}: {model} (D={rows[0]['d_model']})")
-    atomic_write_json(out / f"sweep_results{suffix}.json",
+    write_json(out / f"sweep_results{suffix}.json",
                       {"stage": stage, "model": model, "d_model": rows[0]["d_model"], "layer": layer,
                        "results": rows, "table": table.splitlines(), "plot": plot.name, "cache": str(cache),
                        "extraction": json.loads(timing.read_text()) if timing.exists() else None})

@@ -38,13 +38,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from trmlab.atomic import atomic_directory
 from trmlab.config import choice
 from trmlab.errors import TrmError
 
@@ -253,22 +253,19 @@ def _compress(raw: dict, comp, cfg: LatentDataConfig, log=print):
 
 def _write(out: Path, cfg: LatentDataConfig, probs, comp, comp_states, scale: float, flags, meta: dict):
     """Write the dataset under a temporary name, then rename it into place (a crash leaves no half dataset)."""
-    from trmlab.data.hidden_states import atomic_save_safetensors
+    from safetensors.torch import save_file
+
     from trmlab.models.compressor import save_compressor
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, (x, m, y) in comp_states.items():
-        tensors = {"x": x / scale, "x_mask": m.to(torch.uint8), "target": y / scale}
-        if split == "test":
-            tensors.update(flags)
-        atomic_save_safetensors(tmp / f"{split}.safetensors", tensors, metadata={"format": FORMAT})
-        (tmp / f"{split}.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in probs[split]))
-    save_compressor(tmp / "compressor", comp, {"source": {"model": cfg.llm, "layer": meta["layer"]}})
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        for split, (x, m, y) in comp_states.items():
+            tensors = {"x": x / scale, "x_mask": m.to(torch.uint8), "target": y / scale}
+            if split == "test":
+                tensors.update(flags)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{split}.safetensors"),
+                      metadata={"format": FORMAT})
+            (tmp / f"{split}.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in probs[split]))
+        save_compressor(tmp / "compressor", comp, {"source": {"model": cfg.llm, "layer": meta["layer"]}})
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
 
 
 def build_latent_pairs(cfg: LatentDataConfig, data_root: str | Path = "data", log=print) -> Path:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from trmlab.atomic import atomic_directory
 from trmlab.config import TrainConfig
 from trmlab.errors import TrmError
 from trmlab.train.optim import lr_factor
@@ -162,12 +162,10 @@ def train_tiny_llm(spec: TinyLLMSpec, out_dir: str | Path, log=print) -> Path:
             "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads()}
     if spec.steps:  # an untrained model (smoke tests) is not worth measuring
         info.update(quick_accuracy(model, tokenizer, spec))
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    tmp.rename(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
     if spec.steps:
         log(f"tiny LLM saved to {out_dir}: test accuracy no thinking {info['acc_nothink']:.3f}, "
             f"full thinking {info['acc_think']:.3f} on {info['acc_samples']} held-out problems")

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trmlab.atomic import atomic_directory
 from trmlab.errors import TrmError
 
 METRIC_NAMES = ("mse", "cosine_similarity", "relative_error", "variance_ratio")
@@ -368,17 +369,12 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dic
     """Copy checkpoint ``src`` to ``dst`` (weights + state, no optimizer), ``extra`` added to its state.json; written
     under a temporary name and renamed, so ``dst`` is the old export or the new one, never half of either."""
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("optim"):   # Adam's moments: twice the weights, only for resuming
-            shutil.copy2(f, tmp / f.name)
-    state = json.loads((tmp / "state.json").read_text())
-    (tmp / "state.json").write_text(json.dumps({**state, **extra}, indent=2, default=str))
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    with atomic_directory(dst) as tmp:
+        for f in src.iterdir():
+            if f.is_file() and not f.name.startswith("optim"):   # Adam's moments: twice the weights, for resuming
+                shutil.copy2(f, tmp / f.name)
+        state = json.loads((tmp / "state.json").read_text())
+        (tmp / "state.json").write_text(json.dumps({**state, **extra}, indent=2, default=str))
     return dst
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trmlab.atomic import save_safetensors, write_json
 from trmlab.config import choice
 from trmlab.data.hidden_states import (
-    TINY_RANDOM, HiddenStateCache, atomic_save_safetensors, atomic_write_json, cache_key, canonical_dtype,
+    TINY_RANDOM, HiddenStateCache, cache_key, canonical_dtype,
     drop_corrupt_shards, extract_hidden_states, finalize_manifest, hub_reachable, iter_texts, read_manifest,
     resolve_text_source)
 from trmlab.errors import TrmError
@@ -234,7 +235,7 @@ class CompressorTask:
             secs = time.perf_counter() - t0   # model loading included
             timing = {"tokens": man["num_tokens"], "seconds": round(secs, 3), "num_processes": dist.world_size,
                       "tokens_per_s": man["num_tokens"] / max(secs, 1e-9)}
-            atomic_write_json(path / "extraction_timing.json", timing)
+            write_json(path / "extraction_timing.json", timing)
             log(f"hidden states: {timing['tokens']:,} tokens in {secs:.1f}s = {timing['tokens_per_s']:,.0f} "
                 f"tokens/s (model load included)")
         distributed.barrier(dist)
@@ -263,7 +264,7 @@ class CompressorTask:
             if cov.update(x, mask, max_tokens=d.pca_max_tokens) == 0:
                 break
         pca = cov.fit()
-        atomic_save_safetensors(f, {"mean": pca.mean, "components": pca.components,
+        save_safetensors(f, {"mean": pca.mean, "components": pca.components,
                                     "explained_variance": pca.explained_variance}, {"fit_tokens": str(cov.n)})
 
     def prepare(self, cfg, data_root="data") -> CompressorData:

@@ -9,14 +9,13 @@ reward can make the first step worse on purpose, so refinement alone says nothin
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from trmlab.atomic import copy_file
 from trmlab.data.text import TextDataConfig, TokenStream, bits_per_byte, build_text
 from trmlab.errors import TrmError
 from trmlab.tasks.puzzle import rank_slice
@@ -64,9 +63,7 @@ def save_run_tokenizer(data_dir: Path, run_dir: Path) -> None:
     src, dst = Path(data_dir) / TOKENIZER_FILE, Path(run_dir) / TOKENIZER_FILE
     if dst.exists() or not src.is_file():
         return
-    tmp = dst.with_name(f".{TOKENIZER_FILE}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    copy_file(src, dst)
 
 
 def run_tokenizer(checkpoint: str | Path) -> Path | None:

@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from trmlab.atomic import write_text
+
 _warned: set = set()
 
 
@@ -111,9 +113,4 @@ def make_tracker(cfg, run_dir):
 def write_summary(run_dir: str | Path, summary: dict):
     """summary.json, atomically: written to summary.json.tmp, flushed to disk, then renamed over (a reader never
     sees half of one, and a crash leaves the previous one or none)."""
-    tmp = Path(run_dir) / "summary.json.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(summary, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(run_dir) / "summary.json")
+    write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
