@@ -21,11 +21,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from trmlab.atomic import atomic_directory
 from trmlab.errors import TrmError
 from trmlab.llm.tiny import TINY_NAME, TinyLLMSpec, build_tokenizer, ensure_tiny_llm, tiny_llm_dir
 
@@ -111,16 +111,12 @@ def gguf_as_hf_dir(path: Path, log=print) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except OSError as e:  # a read-only or full cache: still usable, just slow next time
-        shutil.rmtree(tmp, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError as e:  # a read-only or full cache
         raise TrmError(f"cannot write the GGUF cache {out} ({e.strerror or e}); set TRMLAB_CACHE to a writable "
                        f"folder") from None
     return out
