@@ -336,3 +336,14 @@ def test_a_study_file_may_give_an_experiments_overrides_as_one_string(capsys, tm
 def test_a_report_of_a_directory_without_runs(capsys, tmp_path):
     assert one_error_line(capsys, "study", "report", tmp_path) == f"trm: error: no runs at {tmp_path}"
     assert list(tmp_path.iterdir()) == []   # no empty report written
+
+
+@pytest.mark.parametrize("argv", [["demo", "--minutes", "0"], ["demo", "--minutes", "nan"],
+                                  ["eval", "some-run", "--threads", "100000"], ["generate", "r", "--threads", "-1"],
+                                  ["latent", "train", "latent-tiny", "--threads", "5000"],
+                                  ["info", "sudoku", "train.threads=100000"]])
+def test_counts_that_would_run_forever_or_crash_the_process(capsys, monkeypatch, argv):
+    import trmlab.demo as demo
+    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("the demo started training"))
+    line = one_error_line(capsys, *argv)
+    assert ("--minutes" in line) if argv[0] == "demo" else ("threads" in line)

@@ -121,6 +121,16 @@ def check_directories(args):
             raise TrmError(f"--out {value}: {existing} is read-only (or not ours to write in)")
 
 
+MAX_THREADS = 1024  # libgomp aborts the process (no Python error) when asked for tens of thousands
+
+
+def check_threads(args):
+    """--threads (eval, generate, latent): torch would crash the process on a huge count, not raise."""
+    threads = getattr(args, "threads", None)
+    if isinstance(threads, int) and not isinstance(threads, bool) and not 0 <= threads <= MAX_THREADS:
+        raise TrmError(f"--threads {threads}: must be in 0..{MAX_THREADS} (0 = torch's default)")
+
+
 def os_error_line(e: OSError, command: str) -> str:
     """An OSError as one line naming the path (a full disk, a read-only directory, a file where a directory goes);
     a write that fails at close names no file, so the line says which command was writing."""
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         check_directories(args)
+        check_threads(args)
         rc = args.func(args)
     except TrmError as e:
         if int(os.environ.get("RANK", 0)) == 0:  # data-parallel workers meet the same bad input: rank 0 says it

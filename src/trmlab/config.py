@@ -178,6 +178,8 @@ class TrainConfig:
                   "puzzle_emb_weight_decay", "warmup_steps", "grad_clip", "halt_loss_weight", "improvement_reward_scale",
                   "curriculum_steps", "eval_interval", "eval_samples", "ckpt_interval", "threads")
         _at_least(self, "train", 1, "curriculum_n_loops", "curriculum_T_recursion", "log_interval")
+        if self.threads > 1024:  # libgomp aborts the process, no Python error, when asked for many thousands
+            raise TrmError(f"train.threads must be <= 1024, got {self.threads}")
         if self.supervision_weight_base <= 0:  # the weights grow geometrically from 1 to base
             raise TrmError(f"train.supervision_weight_base must be > 0, got {self.supervision_weight_base}")
         for name in ("ema_decay", "beta1", "beta2"):

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from trmlab.config import load_config, replace, save_config
+from trmlab.errors import TrmError
 from trmlab.tasks import get_task
 from trmlab.train.trainer import train
 
@@ -71,6 +72,8 @@ def train_side_by_side(configs: list, out: Path, data_root: str, budget: float, 
 
 
 def demo(args):
+    if not args.minutes > 0:  # 0 would be no time budget at all (100,000 steps); nan compares false too
+        raise TrmError(f"--minutes {args.minutes:g}: must be > 0")
     budget = args.minutes * 60
     cfg = load_config("sudoku", [f"train.time_budget_s={budget}", "train.steps=100000", *args.overrides])
     baseline = replace(cfg, model=NO_RECURSION, name="no-recursion")
