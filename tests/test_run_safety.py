@@ -285,3 +285,22 @@ def test_a_file_altered_after_the_save_is_caught_by_its_size_even_when_it_parses
     f.write_text(json.dumps(json.loads(f.read_text()) * 2))   # valid JSON, but not what the save wrote
     rc, _, err = resume(capsys, run, made["data"])
     assert rc == 0 and "step_0000002/optim.json: corrupt or unreadable" in err and "bytes" in err
+
+
+def test_a_checkpoint_write_that_fails_is_one_line_and_leaves_the_previous_one(capsys, made, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+    real, calls = ckpt_module.save_file, []
+
+    def disk_fills_up(tensors, path, *a, **kw):   # what safetensors raises on a full disk
+        calls.append(path)
+        if "step_0000002" in str(path):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, *a, **kw)
+    monkeypatch.setattr(ckpt_module, "save_file", disk_fills_up)
+    rc, _, err = trm(capsys, "train", "sudoku", *TINY, "train.steps=2", "train.ckpt_interval=1", "--runs-dir",
+                     tmp_path, "--name", "full", "--data-root", made["data"], "--quiet")
+    assert rc == 2 and one_line(err, "cannot write the checkpoint (Error while serializing: I/O error: No space")
+    assert [p.name for p in (tmp_path / "full" / "checkpoints").iterdir()] == ["step_0000001"]
+    monkeypatch.setattr(ckpt_module, "save_file", real)
+    rc, _, err = resume(capsys, tmp_path / "full", made["data"])
+    assert rc == 0 and "trm: note" not in err

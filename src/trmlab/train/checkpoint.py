@@ -84,14 +84,15 @@ class Checkpoint:
 # ---------------------------------------------------------------------------------------------- writing
 def _fsync(path: Path):
     """Flush a file, or a directory's entries, to disk: a rename is durable only once both are."""
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
-        if not path.is_dir():  # some file systems cannot fsync a directory; a file that fails is a real error
+        if not path.is_dir():  # some systems cannot open or fsync a directory; a file that fails is a real error
             raise
-    finally:
-        os.close(fd)
 
 
 def _write_files(tmp: Path, model_sd, state: dict, ema_sd, optimizer_sds, tensors) -> dict:
@@ -130,10 +131,11 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict, state: dict, ema_s
             os.replace(final, old)
         os.replace(tmp, final)
         _fsync(ckpt_dir)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # a full disk reaches safetensors' writer as a SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TrmError(f"{final}: cannot write the checkpoint ({e.strerror or e}); the run resumes from its "
-                       f"previous checkpoint with --resume") from None
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:160]
+        raise TrmError(f"{final}: cannot write the checkpoint ({reason}); the run resumes from its previous "
+                       f"checkpoint with --resume") from None
     shutil.rmtree(old, ignore_errors=True)
     _prune(ckpt_dir, keep)
     return final
