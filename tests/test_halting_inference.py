@@ -137,3 +137,14 @@ def test_a_broken_calibration_file_is_a_one_line_error(tmp_path):
     with pytest.raises(TrmError, match="no halting calibration"):
         resolve_rule("threshold", None)
     assert resolve_rule("auto", None) == fixed_rule("stable")
+
+
+def test_the_split_curve_marks_the_calibrated_rule_and_plots(tmp_path):
+    from trmlab.eval.halting import plot_curve, split_curve
+    model, cfg, train = tiny_sudoku()
+    odd = HaltRule("threshold", 0.4321)  # off the grid: added as its own row
+    rows = split_curve(model, train, 3, calibrated=odd)
+    assert [r for r in rows if r.get("calibrated")] == [r for r in rows if r["threshold"] == 0.4321]
+    assert next(r for r in rows if r["name"] == "all")["mean_steps"] == 3.0
+    png = plot_curve(rows, tmp_path / "curve.png", title="tiny")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

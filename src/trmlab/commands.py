@@ -174,6 +174,8 @@ def evaluate(args):
     data = task.load(cfg, args.data) if args.data else task.prepare(cfg, args.data_root)
     if args.split not in data.splits:
         raise TrmError(f"split '{args.split}' not in the dataset (has {', '.join(data.splits)})")
+    if args.halting_curve:
+        return _halting_curve(args, model, cfg, task, data)
     out = {"out_dir": Path(args.out) if args.out else run_of(args.checkpoint)} if writes else {}
     metrics = task.evaluate(model, data, cfg, torch.device("cpu"), split=args.split, max_samples=args.max_samples,
                             **out, **_halting(args, model, cfg, task, data.splits.get("train")))
@@ -194,6 +196,23 @@ def _halting(args, model, cfg, task, train_split) -> dict:
     if "halt_rule" not in inspect.signature(task.evaluate).parameters:
         return {}
     return {"halt_rule": halt_rule_from_args(args, model, cfg, train_split, run_of(args.checkpoint))}
+
+
+def _halting_curve(args, model, cfg, task, data):
+    """`trm eval --halting-curve PNG`: every halting rule on the split, as a table and a plot (eval/halting.py)."""
+    from trmlab.eval.halting import plot_curve, split_curve
+    from trmlab.eval.test_time import halting_curve_lines
+    calibrated = _halting(args, model, cfg, task, data.splits.get("train")).get("halt_rule")
+    rows = split_curve(model, data.splits[args.split], cfg.model.n_sup_inference, max_samples=args.max_samples,
+                       calibrated=calibrated)
+    png = plot_curve(rows, args.halting_curve, title=f"{args.checkpoint} ({cfg.task}, {args.split}, "
+                                                     f"{len(data.splits[args.split]) if not args.max_samples else args.max_samples} puzzles)")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for line in halting_curve_lines(rows):
+        print(line)
+    print(f"plot: {png}")
 
 
 def _evaluate_test_time(args, model, cfg, task, options):

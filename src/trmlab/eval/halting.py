@@ -36,7 +36,7 @@ HALTING_FILE = "halting.json"
 FIXED_RULES = ("all", "q", "stable", "unchanged")
 CALIBRATED_RULES = ("threshold", "threshold+stable")
 RULE_NAMES = ("auto",) + FIXED_RULES + CALIBRATED_RULES
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
 @dataclass(frozen=True)
@@ -263,3 +263,50 @@ def rule_for_run(name: str, model, task_name: str, train_split, n_sup: int, run_
             where = f"not stored ({Path(run_dir) / HALTING_FILE}: {e.strerror or type(e).__name__})"
         note(f"{describe(calibration)}; {where}")
     return resolve_rule(name, calibration)
+
+
+# --------------------------------------------------------------------------------------------- the curve, for docs
+def split_curve(model, split, n_sup: int, device="cpu", max_samples: int = 0, calibrated: HaltRule | None = None):
+    """Exact accuracy vs mean steps of every rule on an evaluated split (one recorded pass, replayed per rule);
+    the run's calibrated rule is added when it is not on the grid."""
+    n = len(split) if not max_samples else min(max_samples, len(split))
+    preds, qs, labels = record_steps(model, split.inputs[:n], split.labels[:n], n_sup, device,
+                                     puzzle_ids=split.puzzle_ids[:n])
+    rules = candidate_rules()
+    if calibrated is not None and calibrated not in rules:
+        rules.append(calibrated)
+    rows = curve(preds, qs, labels, rules)
+    if calibrated is not None:
+        for r in rows:
+            r["calibrated"] = (r["name"], r["threshold"], r["stable"]) == \
+                (calibrated.name, calibrated.threshold, calibrated.stable)
+    return rows
+
+
+def plot_curve(rows: list[dict], path, title: str = "") -> Path:
+    """The accuracy / mean-steps trade-off as a PNG: the two threshold families as lines, the fixed rules as points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for family, style in (("threshold", "o-"), ("threshold+stable", "s--")):
+        pts = sorted((r["mean_steps"], r["exact_acc"]) for r in rows if r["name"] == family)
+        ax.plot(*zip(*pts), style, ms=3, lw=1, label=f"{family} (sigmoid(q) > t)")
+    for name, marker in (("all", "k*"), ("q", "rv"), ("stable", "g^"), ("unchanged", "mD")):
+        r = next(r for r in rows if r["name"] == name)
+        ax.plot(r["mean_steps"], r["exact_acc"], marker, ms=9, label=f"{name}")
+    chosen = [r for r in rows if r.get("calibrated")]
+    if chosen:
+        ax.plot(chosen[0]["mean_steps"], chosen[0]["exact_acc"], "o", ms=14, mfc="none", mec="C3", mew=2,
+                label=f"calibrated: {HaltRule(chosen[0]['name'], chosen[0]['threshold'], chosen[0]['stable']).label()}")
+    ax.set_xlabel("mean supervision steps per puzzle")
+    ax.set_ylabel("exact accuracy (held-out)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -278,6 +278,8 @@ def add_arguments(p, solve: bool = False):
     if not solve:
         g.add_argument("--calibrate-halting", action="store_true",
                        help="recalibrate the halting rule on held-out training views and store <run>/halting.json")
+        g.add_argument("--halting-curve", metavar="PNG", help="print exact accuracy vs mean steps of every halting "
+                                                              "rule on the split and plot it to PNG")
 
 
 def options_from_args(args) -> InferenceOptions:
@@ -293,6 +295,21 @@ def halt_rule_from_args(args, model, cfg, train_split, run_dir, note=None) -> Ha
     return rule_for_run(args.halt, model, cfg.task, train_split, cfg.model.n_sup_inference, run_dir,
                         recalibrate=getattr(args, "calibrate_halting", False), note=note,
                         trained_to_halt=cfg.model.halting == "act")
+
+
+def halting_curve_lines(rows: list[dict]) -> list[str]:
+    """The halting curve as a table: one rule per line, the calibrated one marked."""
+    lines = [f"{'rule':<18} {'sigmoid(q) >':>12} {'exact acc':>9} {'mean steps':>10}"]
+    last = {}
+    for r in rows:
+        same = last.get(r["name"]) == (r["exact_acc"], r["mean_steps"])
+        last[r["name"]] = (r["exact_acc"], r["mean_steps"])
+        if same and not r.get("calibrated"):  # higher thresholds that change nothing: one row says it
+            continue
+        t = "" if r["threshold"] is None or r["name"] in ("q", "stable", "unchanged") else f"{r['threshold']:g}"
+        mark = "  <- calibrated (the default)" if r.get("calibrated") else ""
+        lines.append(f"{r['name']:<18} {t:>12} {r['exact_acc']:>9.4f} {r['mean_steps']:>10.3f}{mark}")
+    return lines
 
 
 def format_result(m: dict) -> list[str]:
