@@ -132,7 +132,7 @@ class Trainer:
             try:
                 ckpt = load_checkpoint(self.run_dir, note=self.note)
             except TrmError as e:
-                raise TrmError(f"{e} (--overwrite without --resume starts the run again)") from None
+                raise TrmError(f"{e}; --overwrite without --resume starts the run again") from None
             self._restore(ckpt)
         elif (self.run_dir / "metrics.jsonl").exists():  # stopped before its first checkpoint
             self.log_line(f"{self.run_dir} has no checkpoint to resume from: starting again at step 0")
