@@ -344,6 +344,6 @@ def test_a_report_of_a_directory_without_runs(capsys, tmp_path):
                                   ["info", "sudoku", "train.threads=100000"]])
 def test_counts_that_would_run_forever_or_crash_the_process(capsys, monkeypatch, argv):
     import trmlab.demo as demo
-    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("the demo started training"))
+    monkeypatch.setattr(demo, "load_config", lambda *a, **k: pytest.fail("the demo went on to train"))
     line = one_error_line(capsys, *argv)
     assert ("--minutes" in line) if argv[0] == "demo" else ("threads" in line)
