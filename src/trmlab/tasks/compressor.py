@@ -31,6 +31,7 @@ from trmlab.data.hidden_states import (
     resolve_text_source)
 from trmlab.errors import TrmError
 from trmlab.llm.sources import check_hf_path, find_source_loader, load_hidden_state_source
+from trmlab.tasks.base import Task
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
                                       ReconstructionMetrics, load_checked)
 from trmlab.recursion import Carry, StepOutput
@@ -151,7 +152,7 @@ def start_weights(init_from: str, D: int, d_compressed: int) -> dict | None:
     return {k: v for k, v in comp.state_dict().items() if k != "mean"}   # the mean is this stage's data's
 
 
-class CompressorTask:
+class CompressorTask(Task):
     name = "compressor"
     data_config = CompressorDataConfig
     metric = "mse"
@@ -267,9 +268,6 @@ class CompressorTask:
         save_safetensors(f, {"mean": pca.mean, "components": pca.components,
                                     "explained_variance": pca.explained_variance}, {"fit_tokens": str(cov.n)})
 
-    def prepare(self, cfg, data_root="data") -> CompressorData:
-        return self.load(cfg, self.build_data(cfg.data, data_root))
-
     def load(self, cfg, path) -> CompressorData:
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -307,6 +305,12 @@ class CompressorTask:
         model.cfg = cfg.model   # read by the trainer's curriculum, as every model's (one step: nothing to ramp)
         return model
 
+    def describe(self, model: CompressorModel, cfg) -> str:
+        d = cfg.data
+        n = sum(p.numel() for p in model.parameters())
+        return (f"params {n:,} | compressor D={d.d_model} -> D'={d.d_compressed} ({d.d_model / d.d_compressed:.0f}x), "
+                f"{'centred' if d.center else 'uncentred'}, stage {d.stage}, layer {d.layer} of {d.llm}")
+
     def init_weights(self, model: CompressorModel, data: CompressorData):
         """Before training (a resume then loads its own): the data mean, and stage 1b's starting weights."""
         start = start_weights(data.init_from, model.d_model, model.d_compressed)
@@ -338,7 +342,8 @@ class CompressorTask:
 
     # ---------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, model, data: CompressorData, cfg, device, split: str = "test", max_samples: int = 0) -> dict:
+    def evaluate(self, model, data: CompressorData, cfg, device, split: str = "test", max_samples: int = 0,
+                 out_dir=None, **options) -> dict:
         """Seed 001's metrics of ``model`` on the held-out samples (``train``: the training ones), PCA's beside."""
         if split not in data.splits:
             raise TrmError(f"split must be test (the held-out samples) or train, got {split!r}")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from trmlab.llm.latent_pairs import LatentDataConfig, build_latent_pairs, flag_accuracy, load_checker
 from trmlab.errors import TrmError
 from trmlab.recursion import HaltTracker, RecursiveModel, lecun_init_
+from trmlab.tasks.base import Task
 from trmlab.tasks.puzzle import EpochSampler, rank_slice
 from trmlab.train.losses import halt_loss
 
@@ -85,16 +86,13 @@ def latent_losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return cos, mse
 
 
-class LatentTask:
+class LatentTask(Task):
     name = "latent"
     data_config = LatentDataConfig
     metric = "latent_acc"
 
     def build_data(self, data_cfg, data_root="data") -> Path:
         return build_latent_pairs(data_cfg, data_root)
-
-    def prepare(self, cfg, data_root="data") -> LatentData:
-        return self.load(cfg, self.build_data(cfg.data, data_root))
 
     def load(self, cfg, path) -> LatentData:
         from safetensors.torch import load_file
@@ -157,7 +155,8 @@ class LatentTask:
             steps.append(tracker.steps.cpu())
         return torch.cat(preds), torch.cat(per_step, dim=1), torch.cat(steps)
 
-    def evaluate(self, model, data: LatentData, cfg, device, split: str = "test", max_samples: int = 0) -> dict:
+    def evaluate(self, model, data: LatentData, cfg, device, split: str = "test", max_samples: int = 0,
+                 out_dir=None, **options) -> dict:
         if split not in data.splits:
             raise TrmError(f"split must be one of {', '.join(data.splits)}, got {split!r}")
         s = data.splits[split]

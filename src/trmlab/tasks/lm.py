@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from trmlab.atomic import copy_file
 from trmlab.data.text import TextDataConfig, TokenStream, bits_per_byte, build_text
 from trmlab.errors import TrmError
+from trmlab.tasks.base import Task
 from trmlab.tasks.puzzle import rank_slice
 from trmlab.train.device import peak_memory_mb
 from trmlab.train.losses import halt_loss, prediction_stats, token_losses
@@ -95,7 +96,7 @@ def refinement_line(m: dict, baseline_val_loss: float | None = None, baseline_na
     return " | ".join([head] + tail)
 
 
-class LMTask:
+class LMTask(Task):
     name = "lm"
     data_config = TextDataConfig
     metric = "val_loss"
@@ -103,9 +104,6 @@ class LMTask:
 
     def build_data(self, data_cfg, data_root: str | Path = "data") -> Path:
         return build_text(data_cfg, out_root=data_root)
-
-    def prepare(self, cfg, data_root: str | Path = "data") -> LMData:
-        return self.load(cfg, self.build_data(cfg.data, data_root))
 
     def load(self, cfg, path) -> LMData:
         """Open the shards and fill model.vocab_size (padded) and model.seq_len (the context) from them."""
@@ -163,7 +161,8 @@ class LMTask:
         save_run_tokenizer(data.path, run_dir)
 
     @torch.no_grad()
-    def evaluate(self, model, data: LMData, cfg, device, split: str = "val", max_samples: int = 0) -> dict:
+    def evaluate(self, model, data: LMData, cfg, device, split: str = "val", max_samples: int = 0, out_dir=None,
+                 **options) -> dict:
         """Val loss after every supervision step (all n_sup_inference steps run), ppl, bits/byte, refinement."""
         split = "val" if split == "test" else split
         seq_len, n_sup = cfg.model.seq_len, cfg.model.n_sup_inference

@@ -10,6 +10,7 @@ import torch
 
 from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset
 from trmlab.errors import TrmError
+from trmlab.tasks.base import Task
 from trmlab.train.losses import halt_loss, prediction_stats, token_losses
 
 
@@ -60,22 +61,14 @@ def split_tensors(split: PuzzleSplit, idx) -> dict:
             "puzzle_ids": torch.from_numpy(split.puzzle_ids[idx].astype(np.int64))}
 
 
-class PuzzleTask:
+class PuzzleTask(Task):
     """Shared by every grid puzzle; subclasses name their data config and builder."""
 
     name = "puzzle"
-    data_config: type = None
-    metric = "exact_acc"  # the headline number a study ranks runs by
-
-    def build_data(self, data_cfg, data_root: str | Path) -> Path:
-        raise NotImplementedError
-
-    def prepare(self, cfg, data_root: str | Path = "data") -> PuzzleData:
-        """Build (or reuse) the dataset and fill the model's vocab_size / seq_len / num_puzzle_ids from it."""
-        path = self.build_data(cfg.data, data_root)
-        return self.load(cfg, path)
+    test_time = True   # evaluate() takes a halting rule and the test-time-compute options
 
     def load(self, cfg, path) -> PuzzleData:
+        """Read a built dataset and fill the model's vocab_size / seq_len / num_puzzle_ids from it."""
         splits, meta = load_puzzle_dataset(path)
         if "train" not in splits or "test" not in splits:
             raise TrmError(f"{path}: dataset needs a train and a test split, found {sorted(splits)}")

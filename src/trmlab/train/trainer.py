@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 from trmlab.config import Config, from_dict, save_config
 from trmlab.errors import Interrupted, TrmError
 from trmlab.eval.flops import matmul_params
-from trmlab.recursion import count_parameters, model_summary
-from trmlab.tasks import get_task
+from trmlab.recursion import count_parameters
 from trmlab.train import distributed
 from trmlab.train.checkpoint import Checkpoint, checkpoints, load_checkpoint, save_checkpoint
 from trmlab.train.curriculum import act_exploration, curriculum_depth
@@ -45,7 +44,8 @@ class Trainer:
     """Train ``cfg`` into ``run_dir``. ``Trainer(cfg, "runs/x").fit()`` returns the summary dict."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-                 data_root: str | Path = "data", quiet: bool = False):
+                 data_root: str | Path = "data", quiet: bool = False, task=None):
+        """``task``: the task object (tasks/base.py); default: the one registered under ``cfg.task``."""
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         self.dist = distributed.setup(cfg.train.device)
         distributed.check_batch(cfg.train.batch_size, self.dist, cfg.train.grad_accum)
@@ -54,15 +54,17 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self._prepare_run_dir(resume, overwrite, data_root)  # refuses before any work; deletes nothing yet
         torch.manual_seed(cfg.train.seed)
-        self.task = get_task(cfg.task)
+        if task is None:
+            from trmlab.tasks import get_task  # the registry; the trainer itself knows no task
+            task = get_task(cfg.task)
+        self.task = task
         with distributed.main_first(self.dist):  # rank 0 builds the dataset cache, the others then read it
             self.data = self.task.prepare(cfg, data_root)
         if cfg.train.epochs:
             self._steps_from_epochs()
         self.sampler = self.task.sampler(self.data, cfg.train.seed)
         self.model = self.task.build_model(cfg).to(self.device)
-        if hasattr(self.task, "init_weights"):  # starting weights that depend on the data (the compressor: the
-            self.task.init_weights(self.model, self.data)  # data mean, stage 1a's weights); a resume replaces them
+        self.task.init_weights(self.model, self.data)  # data-dependent start (the compressor: the data mean)
         self.ema = EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         # compile / activation checkpointing / FSDP2; the optimizer comes after, as FSDP replaces the parameters
         self.forward = distributed.prepare(self.model, self.ema.model if self.ema else None, self.dist, cfg.train,
@@ -82,14 +84,12 @@ class Trainer:
             self._resume()
         if self.dist.is_main:  # on resume too: the train section may have changed (more steps)
             save_config(cfg, self.run_dir / "config.yaml")
-        if self.dist.is_main and hasattr(self.task, "save_run_files"):  # files a run needs beside its weights (LM:
-            self.task.save_run_files(self.data, self.run_dir)             # the tokenizer, for `trm generate`)
+        if self.dist.is_main:  # files a run needs beside its weights (an LM: the tokenizer, for `trm generate`)
+            self.task.save_run_files(self.data, self.run_dir)
 
     def _steps_from_epochs(self):
         """train.epochs -> train.steps (the paper's total_steps = epochs x examples per epoch / global batch)."""
         t = self.cfg.train
-        if not hasattr(self.task, "epoch_examples"):
-            raise TrmError(f"train.epochs is not defined for task '{self.cfg.task}'; set train.steps instead")
         examples = self.task.epoch_examples(self.data)
         t.steps = max(1, int(t.epochs * examples / t.batch_size))
         self.log_line(f"train.epochs={t.epochs:g} x {examples:,.0f} examples / batch {t.batch_size} "
@@ -368,7 +368,7 @@ class Trainer:
     def _keep_best(self, metrics: dict):
         """Save <run>/best (weights + EMA, no optimizer) when the task's headline metric beats every earlier eval."""
         value = metrics.get(self.task.metric)
-        lower = getattr(self.task, "lower_is_better", False)
+        lower = self.task.lower_is_better
         if value is None or (self.best_metric is not None and
                              (value >= self.best_metric if lower else value <= self.best_metric)):
             return
@@ -410,7 +410,7 @@ class Trainer:
 
     def fit(self) -> dict:
         t = self.cfg.train
-        self.log_line(f"{self.cfg.name or 'run'}: {model_summary(self.model, self.cfg)}")
+        self.log_line(f"{self.cfg.name or 'run'}: {self.task.describe(self.model, self.cfg)}")
         # Under a time budget the step count is open-ended: show a counter and the rate, not a far-off total.
         bar = tqdm(total=None if t.time_budget_s else t.steps, initial=self.step,
                    disable=self.quiet or not self.dist.is_main,
@@ -457,7 +457,7 @@ class Trainer:
                    "s_per_step": self.train_time / max(self.step, 1), "nonfinite_steps": self.nonfinite,
                    **count_parameters(self.model), "effective_depth": self.cfg.model.effective_depth,
                    **matmul_params(self.model), "metric": self.task.metric,
-                   "lower_is_better": bool(getattr(self.task, "lower_is_better", False)), "eval": eval_metrics,
+                   "lower_is_better": self.task.lower_is_better, "eval": eval_metrics,
                    "device": str(self.device), "world_size": self.dist.world_size}
         if self.dist.is_main:
             write_summary(self.run_dir, summary)  # written last: the run's completion marker
