@@ -127,8 +127,12 @@ MAX_THREADS = 1024  # libgomp aborts the process (no Python error) when asked fo
 def check_threads(args):
     """--threads (eval, generate, latent): torch would crash the process on a huge count, not raise."""
     threads = getattr(args, "threads", None)
-    if isinstance(threads, int) and not isinstance(threads, bool) and not 0 <= threads <= MAX_THREADS:
-        raise TrmError(f"--threads {threads}: must be in 0..{MAX_THREADS} (0 = torch's default)")
+    if not isinstance(threads, int) or isinstance(threads, bool):
+        return
+    if threads < 0:
+        raise TrmError(f"--threads {threads}: must be >= 0 (0 = torch's default)")
+    if threads > MAX_THREADS:
+        raise TrmError(f"--threads {threads}: must be <= {MAX_THREADS}")
 
 
 def os_error_line(e: OSError, command: str) -> str:
