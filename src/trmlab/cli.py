@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             # A missing optional dependency (an ImportError of another package) leaves the verb unavailable; an
             # AttributeError or a broken import of trmlab's own code is a bug: running the verb raises it as it is.
             # Either way the other verbs stay usable.
-            optional = isinstance(e, ImportError) and (e.name or "trmlab").split(".")[0] != "trmlab"
+            optional = isinstance(e, ImportError) and (e.name or "").split(".")[0] != "trmlab"
             p = sub.add_parser(name, help=f"({'unavailable' if optional else 'broken'}: {e})")
             p.set_defaults(func=lambda args, e=e, optional=optional: _fail(e, optional), unloaded=True)
             continue
