@@ -156,8 +156,8 @@ def test_broken_pipe_and_ctrl_c_keep_their_exit_codes(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bench and study run
-@pytest.mark.parametrize("argv, words", [(["sudoku", "n_trian=5"], "data.n_train"), (["sudoku", "--T", "0", "2"], "--T"),
-                                         (["sudoku", "--procs", "0"], "--procs")])
+@pytest.mark.parametrize("argv, words", [(["sudoku", "n_trian=5"], "data.n_train"),
+                                         (["sudoku", "--T", "0", "2"], "--T"), (["sudoku", "--procs", "0"], "--procs")])
 def test_bench_refuses_bad_input_before_measuring(capsys, tmp_path, monkeypatch, argv, words):
     import trmlab.bench as bench
     monkeypatch.setattr(bench, "launch", lambda *a, **k: pytest.fail("a case was launched"))
@@ -278,7 +278,8 @@ def test_study_export_into_a_full_disk(capsys, monkeypatch, tmp_path):
 def test_an_os_error_without_a_file_name_says_which_command(capsys, monkeypatch):
     from trmlab import commands
     monkeypatch.setattr(commands, "presets", lambda args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
-    assert one_error_line(capsys, "presets") == "trm: error: No space (while `trm presets` was reading or writing files)"
+    line = one_error_line(capsys, "presets")
+    assert line == "trm: error: No space (while `trm presets` was reading or writing files)"
 
 
 # ------------------------------------------------------------------------------------------ odd values
