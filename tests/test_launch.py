@@ -83,3 +83,12 @@ def test_a_failing_worker_is_one_line_once(cores, tmp_path, tiny_overrides, capf
     assert rc == 2
     assert err.count("trm: error:") == 1 and "Traceback" not in err
     assert (tmp_path / "runs" / "dp" / "notes.txt").read_text() == "mine"
+
+
+def test_the_launch_leaves_the_callers_signal_handlers(cores, tmp_path, tiny_overrides):
+    import signal
+    cores(2)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert cli.main(["train", "sudoku", *tiny_overrides, "train.steps=1", "train.ema_decay=0", "--name", "h",
+                     "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"), "--quiet"]) == 0
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import torch
@@ -67,6 +68,7 @@ def launch(argv: list[str], n: int) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, rdzv_backend="c10d",
                           rdzv_endpoint="127.0.0.1:0", run_id=f"trm-{os.getpid()}", max_restarts=0,
                           monitor_interval=0.1)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     try:
         elastic_launch(config, sys.executable)("-m", "trmlab", *argv)
     except ChildFailedError as e:
@@ -74,4 +76,7 @@ def launch(argv: list[str], n: int) -> int:
         return next((c for c in codes if c > 0), 1)
     except SignalException as e:  # Ctrl-C / SIGTERM: the workers save a checkpoint and stop
         return 128 + int(e.sigval)
+    finally:  # the launcher installs its own handlers; a library caller gets its own back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
