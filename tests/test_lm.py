@@ -376,7 +376,7 @@ def test_generate_on_a_missing_device_is_a_one_line_error(runs, capsys, monkeypa
 def test_generate_refuses_bad_sampling_options_naming_the_flag(runs, capsys, flag, value):
     out, _ = runs
     rc, _, err = _generate_json(capsys, out / "rec", flag, value)
-    assert rc == 2 and err.startswith(f"trm: error: {flag} must") and "\n" not in err
+    assert rc == 2 and err.startswith(f"trm: error: {flag}") and "must" in err and "\n" not in err
 
 
 def test_generate_accepts_the_edges_of_the_sampling_options(runs, capsys):
