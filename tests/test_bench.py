@@ -4,7 +4,7 @@ loop computes what the engine computes, and the report lands in stdout and the d
 import pytest
 import torch
 
-from trmlab import bench
+from trmlab.train import benchmark as bench
 from trmlab.cli import main as cli_main
 from trmlab.config import load_config
 from trmlab.recursion import recursion

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trmlab import compress
+from trmlab.cli import compress
 from trmlab.data.hidden_states import (
     HiddenStateCache, extract_hidden_states, generate_cot_corpus, iter_texts, read_manifest)
 from trmlab.llm.sources import HFHiddenStateSource, save_tiny_random_model

@@ -142,7 +142,7 @@ def test_an_os_error_no_verb_caught_is_one_line_naming_the_path(capsys, monkeypa
 
 def test_broken_pipe_and_ctrl_c_keep_their_exit_codes(monkeypatch, tmp_path):
     import sys
-    from trmlab import commands
+    from trmlab.cli import presets as commands
     monkeypatch.setattr(os, "dup2", lambda *a: None)   # the pipe case points stdout at /dev/null: not in pytest
     for exc, rc in ((BrokenPipeError(errno.EPIPE, "Broken pipe"), 0), (KeyboardInterrupt(), 130)):
         def fail(args, exc=exc):
@@ -159,7 +159,7 @@ def test_broken_pipe_and_ctrl_c_keep_their_exit_codes(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, words", [(["sudoku", "n_trian=5"], "data.n_train"),
                                          (["sudoku", "--T", "0", "2"], "--T"), (["sudoku", "--procs", "0"], "--procs")])
 def test_bench_refuses_bad_input_before_measuring(capsys, tmp_path, monkeypatch, argv, words):
-    import trmlab.bench as bench
+    import trmlab.train.benchmark as bench
     monkeypatch.setattr(bench, "launch", lambda *a, **k: pytest.fail("a case was launched"))
     line = one_error_line(capsys, "bench", *argv, "--doc", tmp_path / "bench.md")
     assert words in line and not (tmp_path / "bench.md").exists()
@@ -182,7 +182,7 @@ def test_study_run_refuses_counts_out_of_range(capsys, tmp_path, flag, value):
 
 def test_study_run_still_runs_the_valid_experiments_beside_invalid_ones(capsys, tmp_path):
     from trmlab.studies.runner import RunPlan
-    from trmlab.study_cli import refuse_if_all_invalid
+    from trmlab.cli.study import refuse_if_all_invalid
     ok, bad = RunPlan("s", "a", str(tmp_path / "a")), RunPlan("s", "b", str(tmp_path / "b"), action="invalid")
     refuse_if_all_invalid([ok, bad])   # no error: `a` runs, `b` is listed as invalid
     with pytest.raises(Exception, match="every selected experiment: b"):
@@ -276,7 +276,7 @@ def test_study_export_into_a_full_disk(capsys, monkeypatch, tmp_path):
 
 
 def test_an_os_error_without_a_file_name_says_which_command(capsys, monkeypatch):
-    from trmlab import commands
+    from trmlab.cli import presets as commands
     monkeypatch.setattr(commands, "presets", lambda args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
     line = one_error_line(capsys, "presets")
     assert line == "trm: error: No space (while `trm presets` was reading or writing files)"
@@ -344,7 +344,7 @@ def test_a_report_of_a_directory_without_runs(capsys, tmp_path):
                                   ["latent", "train", "latent-tiny", "--threads", "5000"],
                                   ["info", "sudoku", "train.threads=100000"]])
 def test_counts_that_would_run_forever_or_crash_the_process(capsys, monkeypatch, argv):
-    import trmlab.demo as demo
+    import trmlab.cli.demo as demo
     monkeypatch.setattr(demo, "load_config", lambda *a, **k: pytest.fail("the demo went on to train"))
     line = one_error_line(capsys, *argv)
     assert ("--minutes" in line) if argv[0] == "demo" else ("threads" in line)

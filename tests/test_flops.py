@@ -40,7 +40,7 @@ def test_counts_match_a_hand_count():
 def test_the_model_is_the_counted_flops_of_a_mixer_training_step(tmp_path, data_root):
     # Sudoku's MLP-mixer core has no attention, whose counting conventions differ: there the model must agree
     # with torch's FlopCounterMode over a real training step (norms and activations are not matmuls either way)
-    from trmlab.bench import count_step
+    from trmlab.train.benchmark import count_step
     cfg = load_config("sudoku", TINY)
     trainer = Trainer(cfg, tmp_path / "r", data_root=data_root, quiet=True)
     counted, _ = count_step(trainer)

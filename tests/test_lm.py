@@ -10,7 +10,7 @@ from trmlab.cli import main
 from trmlab.config import load_config
 from trmlab.data.text import TextDataConfig, build_text
 from trmlab.errors import TrmError
-from trmlab.generate import generate_ids, sample_next
+from trmlab.eval.generate import generate_ids, sample_next
 from trmlab.eval.flops import flops_per_token, matmul_params
 from trmlab.models.lm import GPTConfig, RecursiveLM
 from trmlab.nn.attention import Attention, KVCache
@@ -289,7 +289,7 @@ def _widened(run: dict, name: str, **eval_changes) -> dict:
 def test_compare_table_columns_line_up_whatever_the_widths(runs):
     import re
 
-    from trmlab.compare import load_run, table
+    from trmlab.studies.compare import load_run, table
     out, _ = runs
     short = load_run(out / "rec")
     wide = _widened(load_run(out / "gpt"), "a-run-name-much-longer-than-eighteen", ppl=123456.78,
@@ -304,7 +304,7 @@ def test_compare_table_columns_line_up_whatever_the_widths(runs):
 
 
 def test_compare_shows_each_run_against_its_own_entropy_bound(runs):
-    from trmlab.compare import load_run, verdicts
+    from trmlab.studies.compare import load_run, verdicts
     out, _ = runs
     rec, gpt = load_run(out / "rec"), load_run(out / "gpt")
     shared = [n for n in verdicts([rec, gpt]) if n.startswith("corpus entropy bound")]

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from trmlab import compress
+from trmlab.cli import compress
 from trmlab.config import load_config
 from trmlab.data.hidden_states import HiddenStateCache, iter_texts
 from trmlab.llm.sources import find_source_loader, load_hidden_state_source

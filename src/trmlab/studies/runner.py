@@ -126,7 +126,7 @@ def run_plan(p: RunPlan, env: dict | None = None) -> tuple[int, str]:
 
 def prebuild_data(plans: list[RunPlan], data_root: str, echo=print):
     """Build each distinct dataset once before parallel runs, so two processes never write the same one."""
-    from trmlab.commands import train_arguments  # the same parser `trm train` uses
+    from trmlab.cli.train import train_arguments  # the same parser `trm train` uses
     from trmlab.config import load_config
     from trmlab.tasks import get_task
     parser = argparse.ArgumentParser()

@@ -1,4 +1,4 @@
-"""`trm compare <run> <run> ...`: recursive LMs beside the plain GPT baseline, on the same data and budget.
+"""LM runs compared (`trm compare`): recursive LMs beside the plain GPT baseline, on the same data and budget.
 
     trm compare runs/lm-tiny runs/gpt-tiny --plot runs/compare.png
 
@@ -8,6 +8,7 @@ recursive run's refinement is printed next to the baseline's loss (a GPT run in 
 improvement reward can make the first step worse on purpose: refinement only counts if the final loss beats
 the baseline. ``--plot`` draws val loss against training tokens and against training FLOPs.
 """
+
 
 from __future__ import annotations
 
@@ -165,23 +166,3 @@ def plot(runs: list[dict], out: str | Path):
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------ trm compare
-def compare_arguments(p):
-    p.add_argument("runs", nargs="+", help="finished LM run directories (recursive and plain GPT)")
-    p.add_argument("--plot", default="", help="write val loss vs tokens and vs FLOPs to this image")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-
-
-def compare(args):
-    runs = [load_run(p) for p in args.runs]
-    if args.json:
-        print(json.dumps(rows(runs), indent=2))
-    else:
-        print(table(runs))
-        print()
-        print("\n".join(verdicts(runs)))
-    if args.plot:
-        plot(runs, args.plot)
-        print(f"plot: {args.plot}")

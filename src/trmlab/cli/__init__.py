@@ -1,9 +1,10 @@
-"""`trm`: the one command-line front door. Each verb is a thin function over the library.
+"""`trm`: the one command-line front door. Each verb is a module of this package, thin: parse, build a config,
+call the library, print.
 
-Every verb lives in a module that defines ``<function>_arguments(parser)`` and ``<function>(args)``; ``COMMANDS``
-maps the verb to "module:function" (or to "module" alone for a module with ``add_arguments`` and ``run``, such as
-``trmlab.compress``, which is also runnable as ``python -m``). Bad input raises TrmError, printed here on one line
-with exit code 2.
+Every verb module defines ``<function>_arguments(parser)`` and ``<function>(args)``; ``COMMANDS`` maps the verb to
+"module:function" (or to "module" alone for a module with ``add_arguments`` and ``run``, such as
+``trmlab.cli.compress``, which ``python -m trmlab.compress`` also runs). Options several verbs share are declared
+once in ``cli/common.py``. Bad input raises TrmError, printed here on one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from pathlib import Path
 from trmlab.errors import Interrupted, TrmError
 
 COMMANDS = {
-    "demo": ("trmlab.demo:demo", "train a small Sudoku TRM and its no-recursion twin on CPU, compare on held-out puzzles"),
-    "data": ("trmlab.commands:data", "build a dataset: trm data build <task|preset> [key=value ...]"),
-    "train": ("trmlab.commands:train", "train a preset: trm train <preset> [key=value ...]"),
-    "eval": ("trmlab.commands:evaluate", "evaluate a run or checkpoint on held-out data"),
-    "solve": ("trmlab.commands:solve", "solve one puzzle with a trained checkpoint"),
-    "presets": ("trmlab.commands:presets", "list the presets"),
-    "info": ("trmlab.commands:info", "build a preset's model and print its size and effective depth"),
-    "generate": ("trmlab.generate:generate", "sample text from a trained LM (recursive or GPT) with a KV cache"),
-    "compare": ("trmlab.compare:compare", "LM runs side by side: val loss, bits/byte vs bound, refinement, FLOPs"),
-    "study": ("trmlab.study_cli:study", "scaling studies (seed 004): trm study {list,run,export,report}"),
-    "bench": ("trmlab.bench:bench", "step time, throughput, MFU, memory vs T_recursion: trm bench [preset ...]"),
-    "compress": ("trmlab.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),
-    "latent": ("trmlab.latent_cli:latent", "seed 001 phases 2-3: trm latent {data,train,rl} (TRM on thoughts, GRPO)"),
+    "demo": ("trmlab.cli.demo:demo", "train a small Sudoku TRM and its no-recursion twin on CPU, compare on held-out puzzles"),
+    "data": ("trmlab.cli.data:data", "build a dataset: trm data build <task|preset> [key=value ...]"),
+    "train": ("trmlab.cli.train:train", "train a preset: trm train <preset> [key=value ...]"),
+    "eval": ("trmlab.cli.eval:evaluate", "evaluate a run or checkpoint on held-out data"),
+    "solve": ("trmlab.cli.solve:solve", "solve one puzzle with a trained checkpoint"),
+    "presets": ("trmlab.cli.presets:presets", "list the presets"),
+    "info": ("trmlab.cli.presets:info", "build a preset's model and print its size and effective depth"),
+    "generate": ("trmlab.cli.generate:generate", "sample text from a trained LM (recursive or GPT) with a KV cache"),
+    "compare": ("trmlab.cli.compare:compare", "LM runs side by side: val loss, bits/byte vs bound, refinement, FLOPs"),
+    "study": ("trmlab.cli.study:study", "scaling studies (seed 004): trm study {list,run,export,report}"),
+    "bench": ("trmlab.cli.bench:bench", "step time, throughput, MFU, memory vs T_recursion: trm bench [preset ...]"),
+    "compress": ("trmlab.cli.compress", "seed 001 phase 1: train the DimensionCompressor on LLM hidden states"),
+    "latent": ("trmlab.cli.latent:latent", "seed 001 phases 2-3: trm latent {data,train,rl} (TRM on thoughts, GRPO)"),
 }
 
 
@@ -184,6 +185,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return int(rc or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

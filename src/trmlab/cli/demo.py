@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from trmlab.cli.common import data_root, quiet, runs_dir
 from trmlab.config import load_config, replace, save_config
 from trmlab.errors import TrmError
 from trmlab.tasks import get_task
@@ -30,9 +31,9 @@ def demo_arguments(p):
     p.add_argument("--minutes", type=float, default=8.0, help="training time of each model (default 8)")
     p.add_argument("--sequential", action="store_true",
                    help="train the two models one after the other, each with all threads (default: side by side)")
-    p.add_argument("--runs-dir", default="runs/demo")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--quiet", action="store_true")
+    runs_dir(p, default="runs/demo")
+    data_root(p)
+    quiet(p)
 
 
 def _row(name, s):

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from trmlab.config import _apply, load_config, preset_dict
-from trmlab.commands import run_dir_of, run_options
+from trmlab.cli.common import run_options, threads
+from trmlab.cli.train import run_dir_of
 from trmlab.errors import TrmError
 
 
@@ -28,7 +29,7 @@ def latent_arguments(p):
                                   "(rl: the phase-2 run whose TRM supplies the latents)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=600 data.n_train=4000 rl.steps=60")
     run_options(p, name_help="run name (default: the preset's name; rl: <name>-rl)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    threads(p, help="torch CPU threads (0 = torch default)")
 
 
 def latent(args):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from trmlab.cli.common import data_root, runs_dir
 from trmlab.errors import TrmError
 from trmlab.studies import specs
 
@@ -29,7 +30,7 @@ def study_arguments(p):
                        help="tiny: every experiment shrunk the same way to run on a CPU in minutes")
         q.add_argument("--base", default="", help="run the studies on this preset instead of their own (sudoku-paper)")
         if runs:
-            q.add_argument("--runs-dir", default="", help="default: runs/studies/<scale>[-<base>]")
+            runs_dir(q, default="", help="default: runs/studies/<scale>[-<base>]")
 
     q = sub.add_parser("list", help="studies, experiments and (where runs exist) their status")
     q.add_argument("patterns", nargs="*", help="study names, experiment ids, prefixes (exp02a) or globs")
@@ -41,7 +42,7 @@ def study_arguments(p):
     q.add_argument("--jobs", type=int, default=1, help="runs at a time (local launcher)")
     q.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     q.add_argument("--resume", action="store_true", help="continue interrupted or failed runs")
-    q.add_argument("--data-root", default="data")
+    data_root(q)
     q.add_argument("--launcher", choices=["local", "slurm"], default="local",
                    help="slurm: submit through submitit (its local executor where there is no Slurm)")
     q.add_argument("--slurm-partition", default="")
@@ -61,7 +62,7 @@ def study_arguments(p):
     q.add_argument("--out", default="", help="default: <study runs>/report")
 
 
-def runs_dir(args) -> Path:
+def study_runs_dir(args) -> Path:
     if args.runs_dir:
         return Path(args.runs_dir)
     return Path("runs/studies") / (args.scale + (f"-{args.base}" if args.base else ""))
@@ -98,7 +99,7 @@ def study(args):
 def _list(args):
     from trmlab.studies.runner import run_status
     selection, _ = _select(args.patterns)
-    root = runs_dir(args)
+    root = study_runs_dir(args)
     show_status = root.exists()
     current = None
     for s, e in selection:
@@ -142,7 +143,7 @@ def _run(args):
     patterns, extra = _split(args.patterns)
     selection, by_name = _select(patterns)
     specs.check_applies(selection, args.base)
-    root = runs_dir(args)
+    root = study_runs_dir(args)
     plans = plan(selection, root, args.scale, args.base, extra, args.resume, args.data_root)
     refuse_if_all_invalid(plans)
     if not args.dry_run:
@@ -194,7 +195,7 @@ def _report(args):
         names = sorted({s.name for s, _ in selection})
         if len(names) != 1:
             raise TrmError(f"'{args.study}' spans studies {', '.join(names)}; report one of them")
-        root = runs_dir(args) / names[0]
+        root = study_runs_dir(args) / names[0]
     from trmlab.studies.results import find_runs
     if not root.is_dir() or not find_runs(root):
         hint = "" if root == Path(args.study) else f"; run the study first (trm study run {args.study} ...)"
