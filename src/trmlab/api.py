@@ -26,10 +26,9 @@ def config(preset: str = "sudoku", *overrides: str) -> Config:
 def fill_shapes(cfg: Config) -> Config:
     """Fill vocab_size / seq_len / num_puzzle_ids from what the task knows without building data."""
     task = get_task(cfg.task)
-    if hasattr(task, "shapes"):
-        for key, value in task.shapes(cfg).items():
-            if not getattr(cfg.model, key):
-                setattr(cfg.model, key, value)
+    for key, value in task.shapes(cfg).items():
+        if not getattr(cfg.model, key):
+            setattr(cfg.model, key, value)
     return cfg
 
 

@@ -52,7 +52,6 @@ def evaluate_arguments(p):
 def evaluate(args):
     from trmlab.api import load
     from trmlab.tasks import get_task
-    import inspect
     import torch
     from trmlab.eval.test_time import options_from_args
     check_flags(args, "n_sup", "max_samples", "threads")
@@ -64,7 +63,7 @@ def evaluate(args):
         cfg.model.n_sup_inference = args.n_sup
     task = get_task(cfg.task)
     # A task whose evaluation writes files (ARC: submission, per-task scores, pictures) writes them as training did.
-    writes = "out_dir" in inspect.signature(task.evaluate).parameters
+    writes = task.writes_files
     if args.out and not writes:
         raise TrmError(f"--out {args.out}: the {cfg.task} evaluation writes no files")
     if not options.is_plain:
@@ -91,9 +90,8 @@ def evaluate(args):
 
 def _halting(args, model, cfg, task, train_split) -> dict:
     """{"halt_rule": the run's rule} for a task whose evaluation scores halting with one (Sudoku, Maze), else {}."""
-    import inspect
     from trmlab.eval.test_time import halt_rule_from_args
-    if "halt_rule" not in inspect.signature(task.evaluate).parameters:
+    if not task.test_time:
         return {}
     return {"halt_rule": halt_rule_from_args(args, model, cfg, train_split, run_of(args.checkpoint))}
 

@@ -28,15 +28,12 @@ def solve(args):
     options = options_from_args(args)
     model, cfg = load(args.checkpoint)
     task = get_task(cfg.task)
-    if not hasattr(task, "solve"):
-        raise TrmError(f"task '{cfg.task}' has no solver")
     if args.n_sup:
         cfg.model.n_sup_inference = args.n_sup
-    import inspect
-    params = inspect.signature(task.solve).parameters
-    extra = {"data_root": args.data_root} if "data_root" in params else {}
-    if "test_time" in params:  # Sudoku, Maze: the run's halting rule (halting.json) and the test-time options
-        extra["test_time"] = (halt_rule_from_args(args, model, cfg, None, run_of(args.checkpoint)), options)
+    test_time = None
+    if task.test_time:  # Sudoku, Maze: the run's halting rule (halting.json) and the test-time options
+        test_time = (halt_rule_from_args(args, model, cfg, None, run_of(args.checkpoint)), options)
     elif not options.is_plain:
         raise TrmError(f"--samples / --views: test-time compute is for sudoku and maze runs, not {cfg.task}")
-    return task.solve(model, cfg, args.puzzle, n_sup=cfg.model.n_sup_inference, out=args.out, **extra)
+    return task.solve(model, cfg, args.puzzle, n_sup=cfg.model.n_sup_inference, out=args.out,
+                      data_root=args.data_root, test_time=test_time)

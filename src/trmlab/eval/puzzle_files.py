@@ -9,7 +9,6 @@ refused before any puzzle is read.
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import math
 from pathlib import Path
@@ -63,10 +62,8 @@ def evaluate_file(model, cfg, path, device, max_samples: int = 0, out_dir=None, 
     if kind is not None and kind != cfg.task:
         raise TrmError(f"{path}: holds {kind} puzzles, but the run is a {cfg.task} run; evaluate it with a run "
                        f"trained on {kind}")
-    if not hasattr(task, "read_puzzle_file"):
-        raise TrmError(f"--puzzles {path}: the {cfg.task} task reads no puzzle files (sudoku, maze and arc do)")
     data = task.read_puzzle_file(cfg, Path(path).expanduser(), data_root=data_root)
-    if out_dir is not None and "out_dir" in inspect.signature(task.evaluate).parameters:
+    if out_dir is not None and task.writes_files:
         eval_kwargs["out_dir"] = out_dir
     elif out_dir is not None:
         raise TrmError(f"--out {out_dir}: the {cfg.task} evaluation writes no files")

@@ -132,6 +132,8 @@ class TrainedTasks:
 class ArcTask(PuzzleTask):
     name = "arc"
     metric = "pass@2"
+    test_time = False     # ARC votes over its augmented views already; --samples / --views are Sudoku's and Maze's
+    writes_files = True   # submission.json, arc_scores.json, pictures/
 
     @property
     def data_config(self):
@@ -155,7 +157,7 @@ class ArcTask(PuzzleTask):
     # ------------------------------------------------------------------ evaluation: vote, score, submission
     @torch.no_grad()
     def evaluate(self, model, data, cfg, device, split: str = "test", max_samples: int = 0,
-                 out_dir: str | Path | None = None) -> dict:
+                 out_dir: str | Path | None = None, **options) -> dict:
         """Per-view exact accuracy plus voted pass@k, overall and per task; with ``out_dir`` also submission.json,
         arc_scores.json and pictures/ there (training passes its run directory, `trm eval` the run or --out)."""
         from trmlab.eval.puzzle import evaluate_puzzles
@@ -220,7 +222,8 @@ class ArcTask(PuzzleTask):
                             None if best is None else best.grid, title=title)
 
     # ------------------------------------------------------------------ trm solve on one task file
-    def solve(self, model, cfg, path: str, n_sup: int, out: str = "", data_root: str | Path = "data") -> int:
+    def solve(self, model, cfg, path: str, n_sup: int, out: str = "", data_root: str | Path = "data",
+              test_time=None) -> int:
         """Predict the test outputs of one task file (or of every task file in a directory), vote, print, draw.
 
         Exit code 0 when every test pair with a known output is solved within two attempts (or none is known), 1

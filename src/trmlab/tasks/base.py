@@ -19,7 +19,7 @@ Optional hooks (the defaults below): ``prepare`` (build + load), ``shapes``, ``i
 ``epoch_examples`` (what ``train.epochs`` counts), ``describe`` (the model line a run starts with), ``solve``
 (``trm solve``), ``read_puzzle_file`` (``trm eval --puzzles``), and the class attributes ``metric`` /
 ``lower_is_better`` (what studies rank runs by) and ``test_time`` (whether ``evaluate`` takes the
-test-time-compute options of ``trm eval``).
+test-time-compute options of ``trm eval``) and ``writes_files`` (whether ``evaluate`` writes into ``out_dir``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class Task:
     data_config: type = None
     metric = "exact_acc"       # the headline metric of an evaluation, as summary.json and studies name it
     lower_is_better = False    # True for a loss
-    test_time = False          # evaluate() accepts halt_rule / test-time compute options (puzzle tasks)
+    test_time = False          # evaluate() / solve() take a halting rule and test-time compute (Sudoku, Maze)
+    writes_files = False       # evaluate() writes files into out_dir (ARC: submission.json, pictures)
 
     # ----------------------------------------------------------------------------------------------- required
     def build_data(self, data_cfg, data_root: str | Path) -> Path:
@@ -81,8 +82,9 @@ class Task:
         from trmlab.recursion import model_summary
         return model_summary(model, cfg)
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", **options) -> int:
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data", test_time=None) -> int:
+        """Print the model's answer to one puzzle; the exit code (0: solved or valid, 1: not)."""
         raise TrmError(f"trm solve is not defined for task '{self.name}' (puzzle tasks: sudoku, maze, arc)")
 
     def read_puzzle_file(self, cfg, path, data_root="data"):
-        raise TrmError(f"trm eval --puzzles reads puzzle files; task '{self.name}' has none")
+        raise TrmError(f"--puzzles {path}: the {self.name} task reads no puzzle files (sudoku, maze and arc do)")

@@ -105,7 +105,7 @@ class MazeTask(PuzzleTask):
                             puzzle_ids=np.zeros(n, np.int32), group_ids=np.arange(n, dtype=np.int32))
         return PuzzleData(Path(path), {"test": split}, {"task": "maze", "skipped": skipped})
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", test_time=None) -> int:
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data", test_time=None) -> int:
         """Print the maze with the predicted path, whether it is a valid shortest path, the steps ACT used and the
         compute. ``test_time`` = (halting rule, InferenceOptions) from eval/test_time.py (None: one plain chain)."""
         from trmlab.eval.test_time import solve_one, solve_summary

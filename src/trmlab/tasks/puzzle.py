@@ -115,7 +115,7 @@ class PuzzleTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, data: PuzzleData, cfg, device, split: str = "test", max_samples: int = 0,
-                 halt_rule=None) -> dict:
+                 out_dir=None, halt_rule=None) -> dict:
         """``halt_rule`` (eval/halting.py) scores exact_acc_act. None (a training run's evaluation): a rule calibrated
         now on held-out views of the training puzzles, as many as the puzzles evaluated (200 to 1000); `trm eval`
         passes the run's stored calibration (halting.json)."""

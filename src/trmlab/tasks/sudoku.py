@@ -25,7 +25,7 @@ class SudokuTask(PuzzleTask):
     def shapes(self, cfg) -> dict:
         return {"vocab_size": 11, "seq_len": 81, "num_puzzle_ids": 1}
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", test_time=None) -> int:
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data", test_time=None) -> int:
         """Print the solved grid, whether it is a valid solution of the givens, the steps ACT used and the compute.
         ``test_time`` = (halting rule, InferenceOptions) from eval/test_time.py (None: one plain chain)."""
         from trmlab.eval.test_time import solve_one, solve_summary

@@ -11,7 +11,6 @@ Everything random in a step is a function of (seed, step), so a resumed run repl
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -356,8 +355,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         # A task whose evaluation also writes files (ARC: submission.json, pictures) takes an out_dir: the run's.
-        takes_dir = "out_dir" in inspect.signature(self.task.evaluate).parameters
-        out = {"out_dir": self.run_dir} if takes_dir and self.dist.is_main else {}
+        out = {"out_dir": self.run_dir if self.dist.is_main else None}
         metrics = self.task.evaluate(self.eval_model(), self.data, self.cfg, self.device,
                                      max_samples=self.cfg.train.eval_samples, **out)
         self.log({"step": self.step, "eval": metrics})
