@@ -48,7 +48,7 @@ def test_each_report_row_shows_its_own_run(demo_dir):
         params, depth, steps, _, exact, blank = rows[name]
         assert (int(params.replace(",", "")), int(depth), int(steps)) == (s["params"], s["effective_depth"],
                                                                           s["steps"]), name
-        assert (float(exact), float(blank)) == (round(s["eval"]["exact_acc"], 3), round(s["eval"]["fill_acc"], 3))
+        assert (float(exact), float(blank)) == (round(s["eval"]["exact_acc"], 3), round(s["eval"]["blank_acc"], 3))
     # the per-step table above is the TRM's: one row per supervision step of its evaluation
     trm_steps = json.loads((demo_dir / "trm" / "summary.json").read_text())["eval"]["n_sup_inference"]
     assert trm_steps > 1 and f"\n{trm_steps:>8} " in report and f"\n{trm_steps + 1:>8} " not in report

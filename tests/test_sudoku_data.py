@@ -390,7 +390,7 @@ def test_eval_puzzles_on_the_runs_own_test_puzzles_gives_its_held_out_scores(cap
         rc, out, _ = cli(capsys, "eval", sudoku_run.run, "--puzzles", path, "--json")
         m = json.loads(out)
         assert rc == 0 and m["eval_samples"] == len(puzzles) and m["skipped"] == 0
-        for key in ("exact_acc_per_step", "cell_acc_per_step", "fill_acc_per_step", "valid_solution_acc"):
+        for key in ("exact_acc_per_step", "cell_acc_per_step", "blank_acc_per_step", "valid_solution_acc"):
             assert m[key] == held_out[key], (path.name, key)
         assert {k: v["puzzles"] for k, v in m["exact_acc_by_blanks"].items()} == \
             {f"{lo}-{lo + 9}": int(((blanks >= lo) & (blanks <= lo + 9)).sum()) for lo in (20,)}

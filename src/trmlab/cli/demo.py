@@ -39,7 +39,7 @@ def demo_arguments(p):
 def _row(name, s):
     e = s["eval"]
     return (f"{name:<14} {s['params']:>9,} {s['effective_depth']:>6} {s['steps']:>6} {s['train_time_s']:>6.0f}s "
-            f"{e['exact_acc']:>9.3f} {e['fill_acc']:>9.3f}")
+            f"{e['exact_acc']:>9.3f} {e['blank_acc']:>9.3f}")
 
 
 def report(trm: dict, base: dict) -> str:
@@ -47,7 +47,7 @@ def report(trm: dict, base: dict) -> str:
     e = trm["eval"]
     lines = ["TRM per supervision step (held-out puzzles, EMA weights; blank acc = share of blank cells right):",
              f"{'sup step':>8} {'exact acc':>9} {'blank acc':>9}"]
-    for k, (ex, fi) in enumerate(zip(e["exact_acc_per_step"], e["fill_acc_per_step"]), 1):
+    for k, (ex, fi) in enumerate(zip(e["exact_acc_per_step"], e["blank_acc_per_step"]), 1):
         lines.append(f"{k:>8} {ex:>9.3f} {fi:>9.3f}")
     lines.append(f"with ACT halting: exact acc {e['exact_acc_act']:.3f} using {e['mean_steps_act']:.2f} steps on average")
     lines += ["", f"{'model':<14} {'params':>9} {'depth':>6} {'steps':>6} {'time':>7} {'exact acc':>9} {'blank acc':>9}",

@@ -16,8 +16,7 @@ def print_eval(metrics: dict, title: str = ""):
     lists and dicts (per-task ARC scores, ...) are left to ``--json``."""
     if title:
         print(title)
-    label = {"fill_acc": "blank acc"}  # fill_acc: the cells that were blank in the puzzle (the docs' "blank acc")
-    per_step = {label.get(name, name.replace("_", " ")): v for k, v in metrics.items()
+    per_step = {name.replace("_", " "): v for k, v in metrics.items()
                 if (name := k.removesuffix("_per_step")) != k and isinstance(v, list) and v and isinstance(v[0], (int, float))}
     if per_step:
         width = {k: max(len(k), 8) for k in per_step}

@@ -20,7 +20,7 @@ from trmlab.recursion import HaltTracker
 class PuzzleEval:
     exact_per_step: np.ndarray   # [n_sup] fraction of puzzles entirely right after step k+1
     cell_per_step: np.ndarray    # [n_sup] fraction of labelled cells right after step k+1
-    fill_per_step: np.ndarray    # [n_sup] the same over cells whose answer differs from the input (the blanks)
+    blank_per_step: np.ndarray   # [n_sup] the same over cells whose answer differs from the input (the blanks)
     exact_halted: float          # answer taken where the Q-head first says halt (else the last step)
     mean_steps_halted: float     # supervision steps used under ACT halting
     predictions: np.ndarray      # [N, L] final-step answer tokens
@@ -34,8 +34,8 @@ class PuzzleEval:
         return {"exact_acc": float(self.exact_per_step[-1]), "cell_acc": float(self.cell_per_step[-1]),
                 "exact_acc_per_step": [round(float(v), 5) for v in self.exact_per_step],
                 "cell_acc_per_step": [round(float(v), 5) for v in self.cell_per_step],
-                "fill_acc": float(self.fill_per_step[-1]),
-                "fill_acc_per_step": [round(float(v), 5) for v in self.fill_per_step],
+                "blank_acc": float(self.blank_per_step[-1]),
+                "blank_acc_per_step": [round(float(v), 5) for v in self.blank_per_step],
                 "exact_acc_act": self.exact_halted, "mean_steps_act": self.mean_steps_halted,
                 "halt_rule": self.halt_rule,
                 # compute per puzzle: all steps, and what ACT spends when halted puzzles leave the batch

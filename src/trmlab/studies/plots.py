@@ -74,7 +74,7 @@ def direction(lower: bool) -> str:
 
 def secondary_metric(df: pd.DataFrame) -> str | None:
     """A finer-grained accuracy to draw beside the headline one (tiny runs rarely solve whole puzzles)."""
-    for c in ("fill_acc", "cell_acc"):
+    for c in ("blank_acc", "fill_acc", "cell_acc"):  # fill_acc: runs from before it was named blank_acc
         if c in df and df[c].notna().any():
             return c
     return None
@@ -144,7 +144,7 @@ def pareto(df: pd.DataFrame, x: str, out_dir: Path) -> Figure:
     col, metric, lower = "score", metric_name(d), lower_is_better(d)
     if d["score"].nunique() < 2 and secondary_metric(d):  # every run ties on the headline: rank by the finer one
         col = metric = secondary_metric(d)
-        lower = False  # fill_acc / cell_acc
+        lower = False  # blank_acc / cell_acc
     xs, ys = d[x].astype(float).to_numpy(), d[col].astype(float).to_numpy()
     front = pareto_front(xs, ys, lower)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
