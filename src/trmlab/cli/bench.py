@@ -18,7 +18,8 @@ from trmlab.config import list_presets, load_config
 from trmlab.errors import TrmError
 
 
-from trmlab.train.benchmark import RESULT, Bench, run_case
+from trmlab.atomic import write_json
+from trmlab.train.benchmark import Bench, run_case
 
 
 DEFAULT_DOC = "docs/benchmarks.md"
@@ -42,14 +43,17 @@ def bench_arguments(p: argparse.ArgumentParser):
                                                "trmlab checkout does)")
     p.add_argument("--gpu-check", action="store_true", help="on a CUDA machine: CUDA tests, sudoku-paper steps in "
                    "fp32/bf16, eager/compiled, NCCL, FSDP2 and memory at batch 768, in one table (~5-8 min)")
-    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process, print its JSON
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process ...
+    p.add_argument("--case-result", help=argparse.SUPPRESS)  # ... and write its result (JSON) to this file
 
 
 def bench(args):
     if args.case:
+        if not args.case_result:
+            raise TrmError("--case runs one bench case for `trm bench`; it needs --case-result FILE")
         result = run_case(json.loads(args.case))
         if int(os.environ.get("RANK", 0)) == 0:
-            print(RESULT + json.dumps(result), flush=True)
+            write_json(args.case_result, result)
         return 0
     if args.gpu_check:
         from trmlab.train.gpu_check import run_gpu_check, table

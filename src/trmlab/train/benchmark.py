@@ -40,9 +40,6 @@ from trmlab.train.device import (cpu_cores, machine_peak_flops, peak_dtype, peak
                                  processes_peak_flops, reset_peak_memory, sync)
 
 
-RESULT = "TRM_BENCH_RESULT "   # the line a case process prints its JSON after
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -190,8 +187,9 @@ def run_case(case: dict) -> dict:
         return out
 
 
-def case_command(case: dict, procs: int) -> list[str]:
-    cmd = [sys.executable, "-m", "trmlab", "bench", "--case", json.dumps(case)]
+def case_command(case: dict, procs: int, result: Path) -> list[str]:
+    """The command that runs one case in fresh process(es); rank 0 writes its result as JSON to ``result``."""
+    cmd = [sys.executable, "-m", "trmlab", "bench", "--case", json.dumps(case), "--case-result", str(result)]
     if procs > 1:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -206,13 +204,15 @@ def launch(case: dict, procs: int = 1, timeout: float = 3600) -> dict:
     env = dict(os.environ)
     if procs > 1:  # share the cores out: one process per core group, not every process on every core
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or procs) // procs))
-    try:
-        p = subprocess.run(case_command(case, procs), capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in p.stdout.splitlines():
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        try:
+            p = subprocess.run(case_command(case, procs, result), capture_output=True, text=True, timeout=timeout,
+                               env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s"}
+        if p.returncode == 0 and result.is_file():
+            return json.loads(result.read_text())
     err = [ln for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
     trm_err = [ln for ln in err if "trm: error:" in ln]
     return {"error": (trm_err or err or [f"exit code {p.returncode}"])[-1].strip()[:200]}
