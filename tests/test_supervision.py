@@ -61,3 +61,31 @@ def test_telescoping_warns_once(capsys):
         summed_objective(torch.tensor([2.0, 1.0]), 1.0, 0.5, "telescoping")
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "telescoping" in err
+
+
+def _mt(halting="act", n_sup=3, explore=0.0, batch=4):
+    from types import SimpleNamespace
+    return (SimpleNamespace(halting=halting, n_sup_train=n_sup),
+            SimpleNamespace(seed=0, batch_size=batch, act_exploration=explore, act_exploration_final=-1.0, steps=10))
+
+
+def test_per_step_halts_when_q_says_so_or_at_the_step_limit():
+    from trmlab.train.supervision import halts
+    m, t = _mt()
+    steps, q = torch.tensor([1, 1, 3, 2]), torch.tensor([2.0, -1.0, -1.0, 0.5])
+    assert halts(steps, q, 0, slice(0, 4), m, t).tolist() == [True, False, True, True]
+    m_none, _ = _mt(halting="none")
+    assert halts(steps, q, 0, slice(0, 4), m_none, t).tolist() == [False, False, True, False]
+    _, t_explore = _mt(explore=1.0)  # every sample must first run a random minimum of 2..n_sup steps
+    assert not halts(torch.ones(4, dtype=torch.long), torch.full((4,), 5.0), 0, slice(0, 4), m, t_explore).any()
+
+
+def test_per_step_refills_only_the_halted_slots():
+    from trmlab.train.supervision import refill
+    fresh = {"inputs": torch.tensor([[1], [2]]), "labels": torch.tensor([[1], [2]])}
+    batch, steps, reset = refill(None, fresh)
+    assert reset.all() and steps.tolist() == [0, 0] and batch["inputs"].tolist() == [[1], [2]]
+    carry = {"inputs": torch.tensor([[7], [8]]), "labels": torch.tensor([[7], [8]]),
+             "steps": torch.tensor([2, 1]), "halted": torch.tensor([True, False])}
+    batch, steps, reset = refill(carry, fresh)
+    assert batch["inputs"].tolist() == [[1], [8]] and steps.tolist() == [0, 1] and reset.tolist() == [True, False]

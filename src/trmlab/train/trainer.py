@@ -1,11 +1,9 @@
 """The one training loop, for every task: deep supervision, ACT, EMA, evaluation, checkpoints, exact resume.
 
-Deep supervision comes in two modes (``train.supervision``):
-  per_step  the paper's: every optimizer step is ONE supervision step of a carried batch. Each sample keeps its
-            (y, z) between steps; a sample that halted (ACT said stop, or it used n_sup_train steps) is replaced
-            by a fresh one from the next batch.
-  summed    seeds 000/002: each batch runs all n_sup_train steps; one backward of the weighted sum of their
-            losses minus the improvement reward (train/supervision.py).
+Deep supervision comes in two modes (``train.supervision``, defined in train/supervision.py):
+  per_step  the paper's: every optimizer step is ONE supervision step of a carried batch; halted samples are
+            replaced by fresh ones (``refill`` / ``halts``).
+  summed    seeds 000/002: each batch runs all n_sup_train steps; one backward of ``summed_objective``.
 Everything random in a step is a function of (seed, step), so a resumed run replays the exact same batches.
 """
 
@@ -31,12 +29,12 @@ from trmlab.eval.flops import matmul_params
 from trmlab.recursion import count_parameters
 from trmlab.train import distributed
 from trmlab.train.checkpoint import Checkpoint, checkpoints, load_checkpoint, save_checkpoint
-from trmlab.train.curriculum import act_exploration, curriculum_depth
+from trmlab.train.curriculum import curriculum_depth
 from trmlab.train.device import pick_device
 from trmlab.train.ema import EMA
 from trmlab.train.loggers import make_logger, write_summary
 from trmlab.train.optim import build_optimizers, set_lr
-from trmlab.train.supervision import summed_objective
+from trmlab.train.supervision import halts, refill, summed_objective
 
 
 class Trainer:
@@ -254,30 +252,15 @@ class Trainer:
     def _per_step_loss(self, step: int, rows: slice):
         """One supervision step of micro-slice ``rows`` of the carried batch; halted samples were swapped for fresh
         ones. The whole local batch is carried; each of the grad_accum micro-slices steps once per optimizer step."""
-        m, t = self.cfg.model, self.cfg.train
         fresh = self._batch(step, rows)
         c = None if self.carry is None else {k: v[rows] for k, v in self.carry.items()}
-        if c is None:
-            reset = torch.ones(len(fresh["inputs"]), dtype=torch.bool, device=self.device)
-            c = {"steps": torch.zeros_like(reset, dtype=torch.long), **fresh}
-        else:
-            reset = c["halted"]
-        batch = {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), v, c[k]) for k, v in fresh.items()}
-        steps = torch.where(reset, 0, c["steps"])
-        carry = None if "y" not in c else self.model.make_carry(c["y"], c["z"])
+        batch, steps, reset = refill(c, fresh)
+        carry = None if c is None or "y" not in c else self.model.make_carry(c["y"], c["z"])
         with self._autocast():
             out = self.forward(batch, carry, reset)
             loss_vec, correct, metrics = self.task.losses(out, batch, self.cfg)
         steps = steps + 1
-        halted = steps >= m.n_sup_train
-        if m.halting == "act" and m.n_sup_train > 1:
-            g = torch.Generator().manual_seed(t.seed * 7_919 + step)
-            # drawn for the global batch, then this micro-batch's rows: N processes explore as one process does
-            g_rows = self._global_rows(rows)
-            explore = torch.rand(t.batch_size, generator=g)[g_rows] < act_exploration(step, t)
-            min_steps = torch.where(explore, torch.randint(2, m.n_sup_train + 1, (t.batch_size,), generator=g)[g_rows],
-                                    1)
-            halted |= (out.q_logit.detach() > 0) & (steps >= min_steps.to(self.device))
+        halted = halts(steps, out.q_logit.detach(), step, self._global_rows(rows), self.cfg.model, self.cfg.train)
         self._next_carry.append({**batch, "y": out.carry.y, "z": out.carry.z, "steps": steps, "halted": halted})
         metrics["exact_acc"] = correct.float()
         metrics["steps"] = steps.float()
