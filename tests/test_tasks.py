@@ -35,3 +35,18 @@ def test_only_sudoku_and_maze_take_test_time_compute_and_only_arc_writes_files()
     assert {n for n in TASKS if get_task(n).test_time} == {"sudoku", "maze"}
     assert {n for n in TASKS if get_task(n).writes_files} == {"arc"}
     assert {n for n in TASKS if get_task(n).lower_is_better} == {"lm", "compressor"}
+
+
+def test_trm_solve_prints_the_tasks_result_and_exits_by_its_verdict(monkeypatch, capsys, tmp_path, tiny_overrides):
+    from trmlab.cli import main
+    from trmlab.config import load_config
+    from trmlab.tasks.base import SolveResult
+    from trmlab.tasks.sudoku import SudokuTask
+    from trmlab.train.trainer import train
+    train(load_config("sudoku", [*tiny_overrides, "train.steps=1"]), tmp_path / "run", data_root=tmp_path / "data",
+          quiet=True)
+    puzzle = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+    for solved, rc in ((True, 0), (False, 1)):
+        monkeypatch.setattr(SudokuTask, "solve", lambda self, *a, solved=solved, **k: SolveResult(["grid", "ok?"], solved))
+        assert main(["solve", str(tmp_path / "run"), puzzle]) == rc
+        assert capsys.readouterr().out.splitlines()[-2:] == ["grid", "ok?"]

@@ -35,5 +35,7 @@ def solve(args):
         test_time = (halt_rule_from_args(args, model, cfg, None, run_of(args.checkpoint)), options)
     elif not options.is_plain:
         raise TrmError(f"--samples / --views: test-time compute is for sudoku and maze runs, not {cfg.task}")
-    return task.solve(model, cfg, args.puzzle, n_sup=cfg.model.n_sup_inference, out=args.out,
-                      data_root=args.data_root, test_time=test_time)
+    result = task.solve(model, cfg, args.puzzle, n_sup=cfg.model.n_sup_inference, out=args.out,
+                        data_root=args.data_root, test_time=test_time)
+    print("\n".join(result.lines))
+    return 0 if result.solved else 1

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trmlab.errors import TrmError
+from trmlab.tasks.base import SolveResult
 from trmlab.tasks.puzzle import PuzzleTask
 
 N_PICTURES = 4  # tasks drawn into <run>/pictures after an evaluation with an out_dir
@@ -223,24 +224,26 @@ class ArcTask(PuzzleTask):
 
     # ------------------------------------------------------------------ trm solve on one task file
     def solve(self, model, cfg, path: str, n_sup: int, out: str = "", data_root: str | Path = "data",
-              test_time=None) -> int:
-        """Predict the test outputs of one task file (or of every task file in a directory), vote, print, draw.
+              test_time=None) -> SolveResult:
+        """Predict the test outputs of one task file (or of every task file in a directory), vote, draw.
 
-        Exit code 0 when every test pair with a known output is solved within two attempts (or none is known), 1
-        when one is not. A directory is a study over many tasks: a malformed task file is skipped and listed at the
-        end instead of stopping the others (exit 2 only when no task in it could be read).
+        Solved (exit code 0) when every test pair with a known output is solved within two attempts (or none is
+        known), not (exit 1) when one is not. A directory is a study over many tasks: a malformed task file is
+        skipped and listed at the end instead of stopping the others (exit 2 only when no task in it could be read).
         """
         f = Path(path)
+        lines = []
         if f.is_dir():
-            return self._solve_directory(model, cfg, f, n_sup, out, data_root)
+            return SolveResult(lines, self._solve_directory(model, cfg, f, n_sup, out, data_root, lines))
         if not f.is_file():
             raise TrmError(f"{path}: no such ARC task file")
         from trmlab.data.arc import _parse_task
         task = _parse_task(f.stem, str(f), f, require_test_outputs=False)  # bad grids: TrmError naming file + task
-        failed, _ = self._solve_task(model, cfg, task, n_sup, out, TrainedTasks.of(cfg.data, data_root), data_root)
-        return 1 if failed else 0
+        failed, _ = self._solve_task(model, cfg, task, n_sup, out, TrainedTasks.of(cfg.data, data_root), data_root,
+                                     lines)
+        return SolveResult(lines, not failed)
 
-    def _solve_directory(self, model, cfg, folder: Path, n_sup: int, out: str, data_root) -> int:
+    def _solve_directory(self, model, cfg, folder: Path, n_sup: int, out: str, data_root, lines: list) -> bool:
         from trmlab.data.arc import _parse_task
         files = sorted(folder.glob("*.json"))
         if not files:
@@ -252,20 +255,20 @@ class ArcTask(PuzzleTask):
             try:
                 task = _parse_task(f.stem, str(f), f, require_test_outputs=False)
             except TrmError as e:
-                print(f"skipped: {e}")
+                lines.append(f"skipped: {e}")
                 bad.append(str(e))
                 continue
-            failed, known = self._solve_task(model, cfg, task, n_sup, out_dir, trained, data_root)
+            failed, known = self._solve_task(model, cfg, task, n_sup, out_dir, trained, data_root, lines)
             if known:
                 scored += 1
                 solved += not failed
         if len(bad) == len(files):
             raise TrmError(f"{folder}: none of its {len(files)} task files could be read (first: {bad[0]})")
-        print(f"{folder}: solved {solved} of {scored} tasks with known test outputs (pass@2, every test pair)"
-              + (f"; skipped {len(bad)} bad task file{'s' if len(bad) > 1 else ''}:" if bad else ""))
+        lines.append(f"{folder}: solved {solved} of {scored} tasks with known test outputs (pass@2, every test pair)"
+                     + (f"; skipped {len(bad)} bad task file{'s' if len(bad) > 1 else ''}:" if bad else ""))
         for message in bad:
-            print(f"  {message}")
-        return 0 if solved == scored else 1
+            lines.append(f"  {message}")
+        return solved == scored
 
     @staticmethod
     def _task_views(task, cfg, trained: TrainedTasks | None) -> tuple[list, str | None, str]:
@@ -278,7 +281,7 @@ class ArcTask(PuzzleTask):
         rng = np.random.default_rng([cfg.data.seed, zlib.crc32(task.id.encode()), 0])
         return [(0, aug) for aug in task_augmentations(task, cfg.data.num_aug, rng)], None, ""
 
-    def _views(self, task, cfg, trained: TrainedTasks | None, data_root) -> list:
+    def _views(self, task, cfg, trained: TrainedTasks | None, data_root, lines: list) -> list:
         """(puzzle id, augmentation) per view of ``task``: a trained task's own, else blank-id views; says which."""
         views, matched, how = self._task_views(task, cfg, trained)
         if matched is not None:
@@ -286,17 +289,17 @@ class ArcTask(PuzzleTask):
             seen = "its test pairs too" if matched in meta.get("train_tasks", []) else \
                 "its demonstration pairs" if meta.get("trained_on_eval_demos") else "no pair of it"
             of = "" if matched == task.id else f" of task {matched}"
-            print(f"task {task.id}: {len(views)} trained views{of} with their own puzzle ids ({how}; "
-                  f"training saw {seen})")
+            lines.append(f"task {task.id}: {len(views)} trained views{of} with their own puzzle ids ({how}; "
+                         f"training saw {seen})")
         elif trained is not None:
-            print(f"task {task.id}: not in the training data (no trained task has this name or these demonstration "
-                  f"pairs); {len(views)} views with the blank puzzle id 0 (TRM learns a puzzle embedding per task, "
-                  f"so expect little on unseen tasks)")
+            lines.append(f"task {task.id}: not in the training data (no trained task has this name or these "
+                         f"demonstration pairs); {len(views)} views with the blank puzzle id 0 (TRM learns a puzzle "
+                         f"embedding per task, so expect little on unseen tasks)")
         else:
-            print(f"task {task.id}: {len(views)} views with the blank puzzle id 0; whether training saw it is unknown: "
-                  f"the run's dataset is not under {data_root}/"
-                  + (" (pass --data-root where it was built to use the trained puzzle ids of its tasks)"
-                     if cfg.model.num_puzzle_ids > 1 else ""))
+            lines.append(f"task {task.id}: {len(views)} views with the blank puzzle id 0; whether training saw it is "
+                         f"unknown: the run's dataset is not under {data_root}/"
+                         + (" (pass --data-root where it was built to use the trained puzzle ids of its tasks)"
+                            if cfg.model.num_puzzle_ids > 1 else ""))
         return views
 
     # ------------------------------------------------------------------ trm eval --puzzles
@@ -335,14 +338,14 @@ class ArcTask(PuzzleTask):
         return PuzzleData(Path(path), {"test": split}, meta)
 
     def _solve_task(self, model, cfg, task, n_sup: int, out: str, trained: TrainedTasks | None,
-                    data_root) -> tuple[int, bool]:
+                    data_root, lines: list) -> tuple[int, bool]:
         """Solve one parsed task; returns (test pairs failed, whether any test output was known)."""
         from trmlab.data.arc import encode_grid, render_task_png
         from trmlab.data.puzzles import PuzzleSplit
         from trmlab.eval.arc_vote import vote
         from trmlab.eval.puzzle import evaluate_puzzles
 
-        views = self._views(task, cfg, trained, data_root)
+        views = self._views(task, cfg, trained, data_root, lines)
         inputs, keys, pids = [], [], []
         for pid, aug in views:
             for i, (inp, _) in enumerate(task.test):
@@ -365,10 +368,10 @@ class ArcTask(PuzzleTask):
                 failed += not ok
                 verdict = "pass" if ok else "fail"
             best = candidates[0] if candidates else None
-            print(f"test[{i}]: {verdict} (pass@2; {len(candidates)} candidates from {len(views)} views"
-                  + (f", top one {best.votes} votes, confidence {best.confidence:.2f})" if best else ")"))
-            print(_grid_text(best.grid) if best else "(no grid predicted)")
+            lines.append(f"test[{i}]: {verdict} (pass@2; {len(candidates)} candidates from {len(views)} views"
+                         + (f", top one {best.votes} votes, confidence {best.confidence:.2f})" if best else ")"))
+            lines.append(_grid_text(best.grid) if best else "(no grid predicted)")
             png = render_task_png(_png_path(out, task.id, i, len(task.test)), inp, expected,
                                   best.grid if best else None, title=f"{task.id} test[{i}]: {verdict}")
-            print(f"picture: {png}")
+            lines.append(f"picture: {png}")
         return failed, any_known

@@ -24,9 +24,18 @@ test-time-compute options of ``trm eval``) and ``writes_files`` (whether ``evalu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from trmlab.errors import TrmError
+
+
+@dataclass
+class SolveResult:
+    """What `trm solve` prints (the answer, its verdict, the compute, pictures written) and whether the answer is
+    right: exit code 0 when solved (or valid), 1 when not."""
+    lines: list[str]
+    solved: bool
 
 
 class Task:
@@ -82,8 +91,9 @@ class Task:
         from trmlab.recursion import model_summary
         return model_summary(model, cfg)
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data", test_time=None) -> int:
-        """Print the model's answer to one puzzle; the exit code (0: solved or valid, 1: not)."""
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data",
+              test_time=None) -> SolveResult:
+        """The model's answer to one puzzle (a file or string the task reads), for `trm solve` to print."""
         raise TrmError(f"trm solve is not defined for task '{self.name}' (puzzle tasks: sudoku, maze, arc)")
 
     def read_puzzle_file(self, cfg, path, data_root="data"):

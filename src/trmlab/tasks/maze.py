@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from trmlab.errors import TrmError
+from trmlab.tasks.base import SolveResult
 from trmlab.tasks.puzzle import PuzzleTask
 
 
@@ -105,8 +106,9 @@ class MazeTask(PuzzleTask):
                             puzzle_ids=np.zeros(n, np.int32), group_ids=np.arange(n, dtype=np.int32))
         return PuzzleData(Path(path), {"test": split}, {"task": "maze", "skipped": skipped})
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data", test_time=None) -> int:
-        """Print the maze with the predicted path, whether it is a valid shortest path, the steps ACT used and the
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data",
+              test_time=None) -> SolveResult:
+        """The maze with the predicted path, whether it is a valid shortest path, the steps ACT used and the
         compute. ``test_time`` = (halting rule, InferenceOptions) from eval/test_time.py (None: one plain chain)."""
         from trmlab.eval.test_time import solve_one, solve_summary
         from trmlab.data.maze import check_path, maze_to_tokens, render_maze, tokens_to_text
@@ -119,11 +121,11 @@ class MazeTask(PuzzleTask):
         got = solve_one(model, self.name, maze_to_tokens(grid), n_sup, *(test_time or ()))
         pred = got["answer"].reshape(grid.shape)
         verdict = check_path(grid, pred)
-        print(tokens_to_text(pred))
-        print(f"valid: {'yes' if verdict['valid'] else 'no'}   shortest: {'yes' if verdict['shortest'] else 'no'}   "
-              f"{solve_summary(got, n_sup)}")
+        lines = [tokens_to_text(pred),
+                 f"valid: {'yes' if verdict['valid'] else 'no'}   shortest: {'yes' if verdict['shortest'] else 'no'}   "
+                 f"{solve_summary(got, n_sup)}"]
         if out:
             png = Path(out) if out.lower().endswith(".png") else Path(out) / "maze.png"
             render_maze(grid, pred, png, title=f"valid: {'yes' if verdict['valid'] else 'no'}")
-            print(f"picture: {png}")
-        return 0 if verdict["valid"] else 1
+            lines.append(f"picture: {png}")
+        return SolveResult(lines, bool(verdict["valid"]))

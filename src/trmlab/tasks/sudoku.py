@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from trmlab.errors import TrmError
+from trmlab.tasks.base import SolveResult
 from trmlab.tasks.puzzle import PuzzleTask
 
 
@@ -25,8 +26,9 @@ class SudokuTask(PuzzleTask):
     def shapes(self, cfg) -> dict:
         return {"vocab_size": 11, "seq_len": 81, "num_puzzle_ids": 1}
 
-    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data", test_time=None) -> int:
-        """Print the solved grid, whether it is a valid solution of the givens, the steps ACT used and the compute.
+    def solve(self, model, cfg, text: str, n_sup: int, out: str = "", data_root="data",
+              test_time=None) -> SolveResult:
+        """The solved grid, whether it is a valid solution of the givens, the steps ACT used and the compute.
         ``test_time`` = (halting rule, InferenceOptions) from eval/test_time.py (None: one plain chain)."""
         from trmlab.eval.test_time import solve_one, solve_summary
         from trmlab.data.sudoku import (decode_tokens, encode_grid, format_grid, is_consistent,
@@ -37,9 +39,7 @@ class SudokuTask(PuzzleTask):
         got = solve_one(model, self.name, encode_grid(puzzle), n_sup, *(test_time or ()))
         grid = decode_tokens(got["answer"])
         ok = is_valid_solution(grid) and is_consistent(puzzle, grid)
-        print(format_grid(grid))
-        print(f"valid: {'yes' if ok else 'no'}   {solve_summary(got, n_sup)}")
-        return 0 if ok else 1
+        return SolveResult([format_grid(grid), f"valid: {'yes' if ok else 'no'}   {solve_summary(got, n_sup)}"], ok)
 
     def extra_metrics(self, result, data, cfg, split) -> dict:
         from trmlab.data.sudoku import decode_tokens, is_consistent, is_valid_solution
