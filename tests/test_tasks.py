@@ -50,3 +50,19 @@ def test_trm_solve_prints_the_tasks_result_and_exits_by_its_verdict(monkeypatch,
         monkeypatch.setattr(SudokuTask, "solve", lambda self, *a, solved=solved, **k: SolveResult(["grid", "ok?"], solved))
         assert main(["solve", str(tmp_path / "run"), puzzle]) == rc
         assert capsys.readouterr().out.splitlines()[-2:] == ["grid", "ok?"]
+
+
+def test_shapes_are_filled_where_open_and_checked_where_set():
+    from trmlab.config import load_config
+    from trmlab.tasks.base import fill_shapes
+    cfg = load_config("sudoku")
+    cfg.model.vocab_size, cfg.model.seq_len = 0, 81
+    fill_shapes(cfg, {"vocab_size": 11, "seq_len": 81}, "the data", exact=("seq_len",))
+    assert (cfg.model.vocab_size, cfg.model.seq_len) == (11, 81)
+    cfg.model.vocab_size = 8
+    with pytest.raises(TrmError, match="model.vocab_size=8 does not fit the data"):
+        fill_shapes(cfg, {"vocab_size": 11}, "the data")
+    cfg.model.seq_len = 100
+    fill_shapes(cfg, {"seq_len": 81}, "the data")  # larger is fine unless exact
+    with pytest.raises(TrmError, match="seq_len=100 does not fit"):
+        fill_shapes(cfg, {"seq_len": 81}, "the data", exact=("seq_len",))

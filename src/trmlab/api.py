@@ -16,6 +16,7 @@ import torch
 from trmlab.config import Config, from_dict, load_config
 from trmlab.errors import TrmError
 from trmlab.tasks import get_task
+from trmlab.tasks import base as task_contract
 from trmlab.train.checkpoint import load_checkpoint
 
 
@@ -26,9 +27,8 @@ def config(preset: str = "sudoku", *overrides: str) -> Config:
 def fill_shapes(cfg: Config) -> Config:
     """Fill vocab_size / seq_len / num_puzzle_ids from what the task knows without building data."""
     task = get_task(cfg.task)
-    for key, value in task.shapes(cfg).items():
-        if not getattr(cfg.model, key):
-            setattr(cfg.model, key, value)
+    known = {k: v for k, v in task.shapes(cfg).items() if not getattr(cfg.model, k)}  # what the config left open
+    task_contract.fill_shapes(cfg, known, f"task {cfg.task}")
     return cfg
 
 

@@ -38,6 +38,17 @@ class SolveResult:
     solved: bool
 
 
+def fill_shapes(cfg, found: dict, where: str, exact: tuple = ()) -> None:
+    """The one place model shapes are filled from data: each field of ``found`` the config left at 0 is set; one the
+    config set must fit (at least as large; equal for the fields in ``exact``), else a one-line error."""
+    for key, want in found.items():
+        have = getattr(cfg.model, key)
+        if not have:
+            setattr(cfg.model, key, int(want))
+        elif have < want or (key in exact and have != want):
+            raise TrmError(f"model.{key}={have} does not fit {where} ({key}={want})")
+
+
 class Task:
     name = "task"
     data_config: type = None

@@ -10,7 +10,7 @@ import torch
 
 from trmlab.data.puzzles import PuzzleSplit, load_puzzle_dataset
 from trmlab.errors import TrmError
-from trmlab.tasks.base import Task
+from trmlab.tasks.base import Task, fill_shapes
 from trmlab.train.losses import halt_loss, prediction_stats, token_losses
 
 
@@ -72,13 +72,8 @@ class PuzzleTask(Task):
         splits, meta = load_puzzle_dataset(path)
         if "train" not in splits or "test" not in splits:
             raise TrmError(f"{path}: dataset needs a train and a test split, found {sorted(splits)}")
-        m = cfg.model
-        for key in ("vocab_size", "seq_len", "num_puzzle_ids"):
-            have, want = getattr(m, key), int(meta[key])
-            if have == 0:
-                setattr(m, key, want)
-            elif have < want or (key == "seq_len" and have != want):
-                raise TrmError(f"model.{key}={have} does not fit the dataset at {path} ({key}={want})")
+        fill_shapes(cfg, {k: int(meta[k]) for k in ("vocab_size", "seq_len", "num_puzzle_ids")},
+                    f"the dataset at {path}", exact=("seq_len",))
         return PuzzleData(Path(path), splits, meta)
 
     def base_puzzles(self, data: PuzzleData) -> int:
