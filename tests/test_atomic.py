@@ -51,5 +51,5 @@ def test_a_directory_is_replaced_only_when_complete(tmp_path):
 
 
 def test_overwrite_recognises_the_temporary_name_as_a_run_file():
-    from trmlab.train.trainer import _run_entry
+    from trmlab.train.run_dir import run_entry as _run_entry
     assert _run_entry(atomic.temporary_name(__import__("pathlib").Path("summary.json")).name)

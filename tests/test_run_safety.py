@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from trmlab.cli import main
 from trmlab.train import checkpoint as ckpt_module
 from trmlab.train.checkpoint import checkpoints
-from trmlab.train.trainer import _check_is_run
+from trmlab.train.run_dir import check_is_run as _check_is_run
 
 TINY = ["model.n_embd=32", "model.n_head=2", "model.n_layer=1", "model.n_loops=2", "model.T_recursion=2",
         "model.n_sup_train=3", "model.n_sup_inference=3", "train.batch_size=8", "train.warmup_steps=2",

@@ -10,8 +10,6 @@ Everything random in a step is a function of (seed, step), so a resumed run repl
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import signal
 import sys
@@ -34,6 +32,7 @@ from trmlab.train.device import pick_device
 from trmlab.train.ema import EMA
 from trmlab.train.loggers import make_logger, write_summary
 from trmlab.train.optim import build_optimizers, set_lr
+from trmlab.train.run_dir import check_is_run, check_place
 from trmlab.train.supervision import halts, refill, summed_objective
 
 
@@ -96,7 +95,7 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool, overwrite: bool, data_root: str | Path):
         """Every check on where the run goes, before data or model are built; nothing is deleted here."""
         d = self.run_dir
-        _check_directory_place(d, "run directory")
+        check_place(d, "run directory")
         if Path(data_root).exists() and not Path(data_root).is_dir():
             raise TrmError(f"--data-root {data_root} is a file, not a directory")
         self.existed = d.is_dir() and any(d.iterdir())
@@ -104,7 +103,7 @@ class Trainer:
             raise TrmError(f"run directory {d} already exists; pass --resume to continue it or --overwrite")
         self.replaces_old_run = overwrite and not resume and self.existed
         if self.replaces_old_run:
-            _check_is_run(d)
+            check_is_run(d)
 
     def _make_run_dir(self):
         """Created once data and model are ready, so a run that fails to start leaves no empty directory behind
@@ -113,7 +112,7 @@ class Trainer:
         if self.dist.is_main:
             try:
                 if self.replaces_old_run:
-                    _check_is_run(self.run_dir)  # again: the data build may have taken a while
+                    check_is_run(self.run_dir)  # again: the data build may have taken a while
                     shutil.rmtree(self.run_dir)
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -452,62 +451,6 @@ def _record(line: str) -> dict | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) else None
-
-
-# What a trmlab run writes into its directory (the trainer, the tasks' evaluations, the trackers, `trm study`):
-# --overwrite deletes a directory only when it holds one of the markers and nothing else than these.
-RUN_MARKERS = {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "error.json"}
-RUN_ENTRIES = RUN_MARKERS | {
-    "best",                                               # train.keep_best
-    "tokenizer.json",                                     # LM: the run's own tokenizer
-    "submission.json", "arc_scores.json", "pictures",     # ARC: the evaluation's files
-    "halting.json",                                       # `trm eval --calibrate-halting`
-    "tensorboard", "wandb",                               # train.logger
-}
-TEMPORARY = re.compile(r"\.?(?P<name>.+)\.tmp(-\d+)?")  # one being written: summary.json.tmp, .tokenizer.json.tmp-<pid>
-CHECKPOINT_ENTRIES = re.compile(r"(\.tmp_|\.old_)?step_\d+")
-
-
-def _run_entry(name: str) -> bool:
-    temporary = TEMPORARY.fullmatch(name)
-    return name in RUN_ENTRIES or (temporary is not None and temporary["name"] in RUN_ENTRIES)
-
-
-def _foreign(d: Path) -> list[str]:
-    """What in ``d`` a trmlab run does not write (checkpoints/ and best/ looked into too)."""
-    foreign = [p.name for p in d.iterdir() if not _run_entry(p.name)]
-    for ckpts in (d / "checkpoints", d / "best" / "checkpoints"):
-        if ckpts.is_dir():
-            foreign += [f"{ckpts.relative_to(d)}/{p.name}" for p in ckpts.iterdir()
-                        if not CHECKPOINT_ENTRIES.fullmatch(p.name)]
-    if (d / "best").is_dir():
-        foreign += [f"best/{p.name}" for p in (d / "best").iterdir() if p.name != "checkpoints"]
-    return sorted(foreign)
-
-
-def _check_is_run(d: Path):
-    """--overwrite deletes a trmlab run and nothing else: not a runs directory (`--name .`), not any folder."""
-    if d.is_symlink():
-        raise TrmError(f"--overwrite: {d} is a symbolic link; it deletes only a run directory itself")
-    foreign = _foreign(d)
-    if foreign or not any((d / m).exists() for m in RUN_MARKERS):
-        held = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
-        raise TrmError(f"--overwrite: {d} is not a trmlab run" + (f" (it holds {held})" if foreign else "")
-                       + "; nothing deleted (choose another --name, or delete it yourself)")
-
-
-def _check_directory_place(d: Path, what: str):
-    """``d`` is, or can be created as, a directory we can write: a file named by --name / --runs-dir, or a
-    read-only place, is a one-line error before any work."""
-    if d.exists() and not d.is_dir():
-        raise TrmError(f"{what} {d} is a file, not a directory")
-    place = d
-    while not place.exists() and place != place.parent:
-        place = place.parent
-    if not place.is_dir():
-        raise TrmError(f"{what} {d}: {place} is a file, not a directory")
-    if not os.access(place, os.W_OK | os.X_OK):
-        raise TrmError(f"{what} {d}: {place} is not writable (read-only or not ours)")
 
 
 def _differences(saved: Config, given: Config, section: str) -> str:
