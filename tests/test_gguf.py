@@ -88,3 +88,17 @@ def test_smollm2_layer_out_of_range_is_one_line(smollm2_source):
     with pytest.raises(TrmError, match="layer"):
         smollm2_source.check_layer(31)  # 30 layers: outputs 0..30
     assert smollm2_source.check_layer(30) == 30
+
+
+@pytest.mark.smollm2
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason=f"needs SmolLM2-135M: {INSTALL_SMOLLM2}")
+def test_trm_compress_takes_smollm2_by_name(tmp_path, capsys):
+    from trmlab.cli import main
+    common = ["compress", "--model", SMOLLM2, "--stage", "1a", "--d_compressed", "16", "--num_samples", "8",
+              "--max_seq_length", "16", "--batch_size", "4", "--num_epochs", "1", "--text_source", "synthetic",
+              "--no_wandb", "--no_progress", "--threads", "1", "--data_root", str(tmp_path / "data")]
+    assert main([*common, "--layer", "31", "--output_dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "layer" in err and "\n" not in err
+    assert main([*common, "--output_dir", str(tmp_path / "phase1")]) == 0
+    assert (tmp_path / "phase1" / "stage1a_final" / "model.safetensors").is_file()

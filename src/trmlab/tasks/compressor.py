@@ -30,6 +30,7 @@ from trmlab.data.hidden_states import (
     drop_corrupt_shards, extract_hidden_states, finalize_manifest, hub_reachable, iter_texts, read_manifest,
     resolve_text_source)
 from trmlab.errors import TrmError
+from trmlab.llm.pretrained import gguf_config, gguf_path, is_gguf, llm_dims
 from trmlab.llm.sources import check_hf_path, find_source_loader, load_hidden_state_source
 from trmlab.tasks.base import Task
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
@@ -124,6 +125,12 @@ def probe_source(name: str, options: dict | None = None) -> dict:
         info = loader.probe(name, **(options or {}))
         return {"hidden_size": int(info["hidden_size"]), "num_layers": int(info.get("num_layers") or 0),
                 "fingerprint": info.get("fingerprint"), "context": info.get("context")}
+    if is_gguf(name):  # smollm2-135m or a .gguf file: its config from the file, its identity from size and mtime
+        path = gguf_path(name)
+        d, n = llm_dims(gguf_config(name))
+        st = path.stat()
+        return {"hidden_size": d, "num_layers": n, "fingerprint": f"{path.name}:{st.st_size}:{st.st_mtime_ns}",
+                "context": None}
     check_hf_path(name)
     if not Path(name).expanduser().exists() and not hub_reachable():
         raise TrmError(f"cannot load model {name}: not a local path and no network")
