@@ -2,7 +2,6 @@
 and append the table to docs/benchmarks.md in a checkout; `--gpu-check` on a CUDA machine.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -12,15 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
-
+from trmlab.atomic import write_json
 from trmlab.cli.common import data_root
 from trmlab.config import list_presets, load_config
 from trmlab.errors import TrmError
-
-
-from trmlab.atomic import write_json
 from trmlab.train.benchmark import Bench, run_case
-
 
 DEFAULT_DOC = "docs/benchmarks.md"
 

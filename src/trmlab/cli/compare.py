@@ -1,14 +1,9 @@
 """`trm compare <run> <run> ...`: recursive LMs beside the plain GPT baseline (studies/compare.py does the work).
 """
 
-
 from __future__ import annotations
 
 import json
-
-
-
-
 
 from trmlab.studies.compare import load_run, plot, rows, table, verdicts
 

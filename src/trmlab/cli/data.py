@@ -1,6 +1,5 @@
 """`trm data build <task|preset> [key=value ...]`: build (or reuse) a dataset and say where it is."""
 
-
 from __future__ import annotations
 
 import json

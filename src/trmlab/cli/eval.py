@@ -1,14 +1,13 @@
 """`trm eval <run|checkpoint>`: evaluate a run on held-out data (or `--puzzles FILE`), with the test-time
 compute options of puzzle tasks; prints a per-supervision-step table."""
 
-
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from trmlab.errors import TrmError
 from trmlab.cli.common import check_flags, data_root, run_of, threads
+from trmlab.errors import TrmError
 
 
 def print_eval(metrics: dict, title: str = ""):
@@ -49,10 +48,11 @@ def evaluate_arguments(p):
 
 
 def evaluate(args):
-    from trmlab.api import load
-    from trmlab.tasks import get_task
     import torch
+
+    from trmlab.api import load
     from trmlab.eval.test_time import options_from_args
+    from trmlab.tasks import get_task
     check_flags(args, "n_sup", "max_samples", "threads")
     options = options_from_args(args)  # bad test-time options are refused before anything loads
     if args.threads:
@@ -146,6 +146,7 @@ def _evaluate_test_time(args, model, cfg, task, options):
 def _evaluate_puzzles(args, model, cfg):
     """`trm eval <run> --puzzles FILE` (trmlab.eval.puzzle_files); ARC writes its files only with --out."""
     import torch
+
     from trmlab.eval.puzzle_files import evaluate_file, report_lines
     if args.data or args.split != "test":
         raise TrmError(f"--puzzles {args.puzzles}: scores the file's puzzles; drop --data / --split")

@@ -3,7 +3,6 @@
     trm generate runs/lm-tiny --prompt "A story about the sea." --max-new-tokens 100 --temperature 0.8 --top-k 50
 """
 
-
 from __future__ import annotations
 
 import json
@@ -12,11 +11,8 @@ import torch
 
 from trmlab.cli.common import data_root, threads
 from trmlab.errors import TrmError
-from trmlab.train.device import peak_memory_kind, peak_memory_mb, pick_device, reset_peak_memory
-
-
-
 from trmlab.eval.generate import check_sampling, find_tokenizer, generate_ids
+from trmlab.train.device import peak_memory_kind, peak_memory_mb, pick_device, reset_peak_memory
 
 
 def generate_arguments(p):

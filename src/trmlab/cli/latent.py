@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from trmlab.config import _apply, load_config, preset_dict
 from trmlab.cli.common import run_options, threads
 from trmlab.cli.train import run_dir_of
+from trmlab.config import _apply, load_config, preset_dict
 from trmlab.errors import TrmError
 
 

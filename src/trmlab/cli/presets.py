@@ -1,6 +1,5 @@
 """`trm presets` and `trm info <preset>`: what can be trained, and how big its model is."""
 
-
 from __future__ import annotations
 
 from pathlib import Path

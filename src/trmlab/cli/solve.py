@@ -1,11 +1,9 @@
 """`trm solve <run> <puzzle>`: one puzzle (a Sudoku string, a maze, an ARC task file) through a trained model."""
 
-
 from __future__ import annotations
 
-
-from trmlab.errors import TrmError
 from trmlab.cli.common import check_flags, data_root, run_of
+from trmlab.errors import TrmError
 
 
 def solve_arguments(p):

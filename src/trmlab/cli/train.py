@@ -1,16 +1,15 @@
 """`trm train <preset|file|run dir> [key=value ...]`: train through the one trainer (one process per core
 on a multi-core CPU), then print the final evaluation."""
 
-
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from trmlab.config import load_config
-from trmlab.errors import TrmError
 from trmlab.cli.common import run_options
 from trmlab.cli.eval import print_eval
+from trmlab.config import load_config
+from trmlab.errors import TrmError
 
 
 def train_arguments(p):

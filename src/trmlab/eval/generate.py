@@ -14,7 +14,6 @@ the context is recomputed for every token. The line after the text says how many
 Every document in training starts with <|endoftext|>, so the prompt is prefixed with it.
 """
 
-
 from __future__ import annotations
 
 import math

@@ -45,6 +45,7 @@ class HFHiddenStateSource:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from trmlab.llm.pretrained import is_gguf, resolve_model_path
+
         # a GGUF file (or smollm2-135m) is read once, then loaded from its cached HF directory
         path = resolve_model_path(name) if is_gguf(name) else name
         local = Path(path).expanduser().exists()

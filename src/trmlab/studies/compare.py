@@ -9,7 +9,6 @@ improvement reward can make the first step worse on purpose: refinement only cou
 the baseline. ``--plot`` draws val loss against training tokens and against training FLOPs.
 """
 
-
 from __future__ import annotations
 
 import json

@@ -25,17 +25,16 @@ import torch.nn.functional as F
 
 from trmlab.atomic import save_safetensors, write_json
 from trmlab.config import choice
-from trmlab.data.hidden_states import (
-    TINY_RANDOM, HiddenStateCache, cache_key, canonical_dtype,
-    drop_corrupt_shards, extract_hidden_states, finalize_manifest, hub_reachable, iter_texts, read_manifest,
-    resolve_text_source)
+from trmlab.data.hidden_states import (TINY_RANDOM, HiddenStateCache, cache_key, canonical_dtype, drop_corrupt_shards,
+                                       extract_hidden_states, finalize_manifest, hub_reachable, iter_texts,
+                                       read_manifest, resolve_text_source)
 from trmlab.errors import TrmError
 from trmlab.llm.pretrained import gguf_config, gguf_path, is_gguf, llm_dims
 from trmlab.llm.sources import check_hf_path, find_source_loader, load_hidden_state_source
-from trmlab.tasks.base import Task
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
                                       ReconstructionMetrics, load_checked)
 from trmlab.recursion import Carry, StepOutput
+from trmlab.tasks.base import Task
 from trmlab.tasks.puzzle import EpochSampler, rank_slice
 from trmlab.train import distributed
 from trmlab.train.device import pick_device

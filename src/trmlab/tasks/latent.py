@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trmlab.llm.latent_pairs import LatentDataConfig, build_latent_pairs, flag_accuracy, load_checker
 from trmlab.errors import TrmError
+from trmlab.llm.latent_pairs import LatentDataConfig, build_latent_pairs, flag_accuracy, load_checker
 from trmlab.recursion import HaltTracker, RecursiveModel, lecun_init_
 from trmlab.tasks.base import Task
 from trmlab.tasks.puzzle import EpochSampler, rank_slice

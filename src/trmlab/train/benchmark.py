@@ -16,7 +16,6 @@ loop. The table goes to stdout and is appended, with the machine, load, date and
 when run in a checkout (or to --doc FILE).
 """
 
-
 from __future__ import annotations
 
 import contextlib

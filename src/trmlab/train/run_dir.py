@@ -9,7 +9,6 @@ from pathlib import Path
 
 from trmlab.errors import TrmError
 
-
 # What a trmlab run writes into its directory (the trainer, the tasks' evaluations, the trackers, `trm study`):
 # --overwrite deletes a directory only when it holds one of the markers and nothing else than these.
 RUN_MARKERS = {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "error.json"}
