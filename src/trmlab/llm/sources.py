@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from trmlab.data.hidden_states import TINY_RANDOM, HiddenStateSource, hub_reachable
-from trmlab.errors import TrmError
+from trmlab.errors import TrmError, first_line
 
 
 class HFHiddenStateSource:
@@ -60,7 +60,7 @@ class HFHiddenStateSource:
             raise
         except Exception as e:  # missing repo, gated, corrupt files: one line for the user
             where = "local path" if local else "hub model"
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise TrmError(f"cannot load model {name} ({where}): {msg}") from None
         return cls(model, tokenizer, name=name, max_seq_length=max_seq_length, device=device)
 

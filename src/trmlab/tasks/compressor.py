@@ -28,7 +28,7 @@ from trmlab.config import choice
 from trmlab.data.hidden_states import (TINY_RANDOM, HiddenStateCache, cache_key, canonical_dtype, drop_corrupt_shards,
                                        extract_hidden_states, finalize_manifest, hub_reachable, iter_texts,
                                        read_manifest, resolve_text_source)
-from trmlab.errors import TrmError
+from trmlab.errors import TrmError, first_line
 from trmlab.llm.pretrained import gguf_config, gguf_path, is_gguf, llm_dims
 from trmlab.llm.sources import check_hf_path, find_source_loader, load_hidden_state_source
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
@@ -138,7 +138,7 @@ def probe_source(name: str, options: dict | None = None) -> dict:
     try:
         cfg = AutoConfig.from_pretrained(name)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise TrmError(f"cannot load model {name}: {msg}") from None
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     d = getattr(text_cfg, "hidden_size", None) or getattr(text_cfg, "n_embd", None)
