@@ -22,3 +22,18 @@ def tiny_overrides():
 @pytest.fixture
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
+
+
+def train_tiny_run(tmp_path_factory, preset: str, overrides: list[str]):
+    """A briefly trained run of ``preset`` (for tests that evaluate a real run): its summary, directory, the held-out
+    split it was built with and the scratch folder."""
+    from types import SimpleNamespace
+
+    from trmlab.config import load_config
+    from trmlab.tasks import get_task
+    from trmlab.train.trainer import train
+    tmp = tmp_path_factory.mktemp(f"{preset}-run")
+    cfg = load_config(preset, overrides)
+    summary = train(cfg, tmp / "run", data_root=tmp / "data", quiet=True)
+    test = get_task(cfg.task).prepare(cfg, tmp / "data").splits["test"]
+    return SimpleNamespace(summary=summary, run=tmp / "run", test=test, tmp=tmp)

@@ -3,17 +3,12 @@
 import csv
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from trmlab.cli import main
-from trmlab.config import load_config
 from trmlab.data.maze import MazeDataConfig, build_maze, check_path, load_csv, text_to_grid, write_csv
-from trmlab.data.puzzles import load_puzzle_dataset
 from trmlab.errors import TrmError
-from trmlab.train.trainer import train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = ["model.n_embd=32", "model.n_head=2", "model.n_layer=1", "model.n_loops=2", "model.T_recursion=2",
@@ -29,11 +24,8 @@ def run(capsys, *argv):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("maze-run")
-    cfg = load_config("maze", TINY + ["train.steps=3"])
-    summary = train(cfg, tmp / "run", data_root=tmp / "data", quiet=True)
-    test = load_puzzle_dataset(build_maze(cfg.data, tmp / "data"))[0]["test"]
-    return SimpleNamespace(summary=summary, run=tmp / "run", test=test, tmp=tmp)
+    from conftest import train_tiny_run
+    return train_tiny_run(tmp_path_factory, "maze", TINY + ["train.steps=3"])
 
 
 def test_the_maze_hard_fixture_reads_as_written():

@@ -358,14 +358,8 @@ def test_a_csv_too_small_to_hold_out_a_test_puzzle_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def sudoku_run(tmp_path_factory):
-    from conftest import TINY
-    from trmlab.config import load_config
-    from trmlab.train.trainer import train
-    tmp = tmp_path_factory.mktemp("sudoku-run")
-    cfg = load_config("sudoku", TINY + ["train.steps=3"])
-    summary = train(cfg, tmp / "run", data_root=tmp / "data", quiet=True)
-    test = load_puzzle_dataset(build_sudoku(cfg.data, tmp / "data"))[0]["test"]
-    return SimpleNamespace(summary=summary, run=tmp / "run", test=test, tmp=tmp)
+    from conftest import TINY, train_tiny_run
+    return train_tiny_run(tmp_path_factory, "sudoku", TINY + ["train.steps=3"])
 
 
 def cli(capsys, *argv):
