@@ -372,7 +372,8 @@ def test_generate_on_a_missing_device_is_a_one_line_error(runs, capsys, monkeypa
 
 @pytest.mark.parametrize("flag,value", [("--top-p", "0"), ("--top-p", "1.5"), ("--top-p", "nan"),
                                         ("--temperature", "-1"), ("--temperature", "inf"), ("--top-k", "-1"),
-                                        ("--n-sup", "0"), ("--max-new-tokens", "-1"), ("--threads", "-2")])
+                                        ("--n-sup", "0"), ("--max-new-tokens", "-1"), ("--threads", "-2"),
+                                        ("--cache", "lazy"), ("--cache", "")])
 def test_generate_refuses_bad_sampling_options_naming_the_flag(runs, capsys, flag, value):
     out, _ = runs
     rc, _, err = _generate_json(capsys, out / "rec", flag, value)
@@ -445,6 +446,19 @@ def test_gptconfig_table_follows_the_tokenizer_like_trm_train():
     cfg = GPTConfig().to_config("lm-A")
     assert cfg.model.vocab_size == 0 and cfg.data.vocab_size == 50304
     assert cfg.to_dict() == load_config("lm-A").to_dict()
+
+
+def test_generate_shared_cache_option(runs, capsys):
+    out, _ = runs
+    rc, exact, err = _generate_json(capsys, out / "rec")
+    rc2, shared, err2 = _generate_json(capsys, out / "rec", "--cache", "shared")
+    assert rc == rc2 == 0 and (exact["cache_kind"], shared["cache_kind"]) == ("exact", "shared"), err + err2
+    # n_sup 3 x T 2 recursions share one recursion's slots
+    assert exact["kv_cache_bytes"] == 6 * shared["kv_cache_bytes"] > 0
+    for extra in (["--cache", "shared", "--no-cache"], ["--cache", "shared"]):
+        rc, _, err = _generate_json(capsys, out / ("gpt" if len(extra) == 2 else "rec"), *extra)
+        assert rc == 2 and err.startswith("trm: error: ") and "\n" not in err
+        assert ("plain GPT" if len(extra) == 2 else "contradict") in err
 
 
 def test_generate_n_sup_on_a_plain_gpt_is_a_one_line_error(runs, capsys):

@@ -26,6 +26,9 @@ def generate_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-sup", type=int, default=None, help="recursive LM: supervision steps per token "
                                                            "(default: model.n_sup_inference)")
+    p.add_argument("--cache", default="exact", help="recursive LM's KV cache: exact (one per core call: equals "
+                                                     "recomputation) | shared (one recursion's, the latest: "
+                                                     "n_sup x T_recursion times smaller, approximate)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -40,7 +43,10 @@ def generate_arguments(p):
 
 def generate(args):
     from trmlab.api import load
-    check_sampling(args.temperature, args.top_k, args.top_p, args.n_sup, args.max_new_tokens)   # before loading
+    # bad settings are refused before the model is loaded
+    check_sampling(args.temperature, args.top_k, args.top_p, args.n_sup, args.max_new_tokens, args.cache)
+    if args.no_cache and args.cache != "exact":
+        raise TrmError(f"--no-cache and --cache {args.cache} contradict each other: give one")
     if args.threads < 0:
         raise TrmError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.threads:
@@ -62,12 +68,14 @@ def generate(args):
     reset_peak_memory(device)
     g = generate_ids(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                      use_cache=not args.no_cache, n_sup=n_sup, halt=halt,
-                     stop_id=None if args.no_stop else tok.eot_id, device=device)
+                     stop_id=None if args.no_stop else tok.eot_id, device=device, cache=args.cache)
     text = tok.decode(t for t in g.tokens if t != tok.eot_id)
+    cached = not args.no_cache and not halt
     mem, mem_kind = peak_memory_mb(device), peak_memory_kind(device)
     result = {"text": args.prompt + text, "new_tokens": len(g.tokens), "prompt_tokens": g.prompt_tokens,
               "tokens_per_s": g.tokens_per_s, "prefill_s": g.prefill_s, "decode_s": g.decode_s,
-              "cache": not args.no_cache and not halt, "kv_cache_mb": g.cache_mb, "peak_memory_mb": mem,
+              "cache": cached, "cache_kind": args.cache if cached else "none", "kv_cache_mb": g.cache_mb,
+              "kv_cache_bytes": g.cache_bytes, "peak_memory_mb": mem,
               "memory_kind": mem_kind, "device": str(device), "arch": cfg.model.arch,
               "steps_per_token": sum(g.steps) / max(len(g.steps), 1), "n_sup_inference": n_sup}
     if args.json:
@@ -75,8 +83,12 @@ def generate(args):
         return
     print(result["text"])
     print("---")
-    how = "KV cache" if result["cache"] else "no cache (context recomputed per token)"
+    how = f"{args.cache} KV cache" if result["cache"] else "no cache (context recomputed per token)"
     steps = (f"; supervision steps per token {result['steps_per_token']:.2f} of {n_sup}"
              f"{' (ACT halting)' if halt else ''}" if recursive else "")
     print(f"{cfg.model.arch}: {len(g.tokens)} tokens in {g.prefill_s + g.decode_s:.2f} s = {g.tokens_per_s:.1f} "
-          f"tokens/s on {device} ({how}, {g.cache_mb:.1f} MB); {mem_kind} {mem:.0f} MB{steps}")
+          f"tokens/s on {device} ({how}, {_size(g.cache_bytes)}); {mem_kind} {mem:.0f} MB{steps}")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KB"

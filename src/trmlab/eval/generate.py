@@ -4,14 +4,21 @@
 
     trm generate runs/lm-tiny --prompt "A story about the sea." --max-new-tokens 100 --temperature 0.8 --top-k 50
 
-Both models decode with a KV cache by default. The plain GPT caches one key/value pair per layer. The recursive
-LM runs, for every new token, n_sup_inference supervision steps of T_recursion x (n_loops + 1) core calls, all
-from the engine's initial (y, z), exactly as in training and evaluation; each of those core calls gets its own
-cache slots, which reproduces full recomputation of the context exactly (tested) at n_sup x T x (n_loops + 1)
-times the GPT's cache memory. With ACT halting (model.halting=act) the model may stop before n_sup_inference
-steps when its halting logit says so; positions would then differ in steps, which no cache can hold, so
-the context is recomputed for every token. The line after the text says how many steps each token used.
-Every document in training starts with <|endoftext|>, so the prompt is prefixed with it.
+Both models decode with a KV cache by default; the prompt is read in one pass (prefill) and every later pass
+feeds only the new token. The plain GPT caches one key/value pair per layer. The recursive LM runs, for every
+new token, n_sup_inference supervision steps of T_recursion x (n_loops + 1) core calls, all from the engine's
+initial (y, z), exactly as in training and evaluation. Its cache comes in two kinds (``cache=``):
+
+- ``exact`` (default): each of those core calls gets its own cache slots, which reproduces full recomputation
+  of the context exactly (tested) at n_sup x T x (n_loops + 1) times the GPT's cache memory;
+- ``shared`` (Huginn, arXiv 2502.05171): one recursion's slots, (n_loops + 1) times the GPT's, shared by every
+  recursion and supervision step, each keeping the latest application's keys/values. Exact when
+  n_sup = T = 1; otherwise an approximation whose cost ``teacher_forced_loss`` measures.
+
+With ACT halting (model.halting=act) the model may stop before n_sup_inference steps when its halting logit says
+so; positions would then differ in steps, which no cache can hold, so the context is recomputed for every token.
+The line after the text says how many steps each token used. Every document in training starts with
+<|endoftext|>, so the prompt is prefixed with it.
 """
 
 from __future__ import annotations
@@ -23,12 +30,17 @@ from pathlib import Path
 
 import torch
 
+import torch.nn.functional as F
+
 from trmlab.errors import TrmError
+from trmlab.models.lm import RecursiveLM
 from trmlab.nn.attention import KVCache
+
+CACHE_MODES = ("exact", "shared")
 
 
 def check_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, n_sup: int | None = None,
-                   max_new_tokens: int = 0) -> None:
+                   max_new_tokens: int = 0, cache: str = "exact") -> None:
     """One-line errors for settings that would crash the sampler (top_p 0) or be quietly meaningless."""
     # written as "not (ok)" so that NaN, which fails every comparison, is refused too
     if not (0 <= temperature < math.inf):
@@ -41,6 +53,8 @@ def check_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
         raise TrmError(f"--n-sup must be >= 1 (leave it out for model.n_sup_inference), got {n_sup}")
     if max_new_tokens < 0:
         raise TrmError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if cache not in CACHE_MODES:
+        raise TrmError(f"--cache must be one of {', '.join(CACHE_MODES)} (--no-cache for none), got {cache!r}")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -62,11 +76,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def cache_mb(cache: KVCache | None) -> float:
-    if cache is None:
-        return 0.0
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size()
-               for k, v in cache.layers.values()) / 2**20
+def new_cache(model, cache: str = "exact", capacity: int = 0) -> KVCache:
+    """An empty KV cache of the kind ``cache`` names, with room for ``capacity`` positions."""
+    check_sampling(cache=cache)
+    if cache == "shared" and not isinstance(model, RecursiveLM):
+        raise TrmError("--cache shared is for the recursive LM: a plain GPT applies each layer once per token, "
+                       "so its (exact) cache already holds one key/value per layer and token")
+    return KVCache(shared=cache == "shared", capacity=capacity)
 
 
 @dataclass
@@ -76,27 +92,35 @@ class Generation:
     prefill_s: float                                    # time to read the prompt
     decode_s: float                                     # time to produce every token after the first
     steps: list[int] = field(default_factory=list)      # supervision steps used for each new token
-    cache_mb: float = 0.0
+    cache_bytes: int = 0                                # keys and values held at the end
+
+    @property
+    def cache_mb(self) -> float:
+        return self.cache_bytes / 2**20
 
     @property
     def tokens_per_s(self) -> float:
         return len(self.tokens) / max(self.prefill_s + self.decode_s, 1e-9)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_ids(model, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, use_cache: bool = True, n_sup: int | None = None,
-                 halt: bool = False, stop_id: int | None = None, device: torch.device | str = "cpu") -> Generation:
-    """Autoregressive sampling from ``model.decode`` (GPT or RecursiveLM); ``halt`` implies no cache."""
-    check_sampling(temperature, top_k, top_p, n_sup, max_new_tokens)
+                 halt: bool = False, stop_id: int | None = None, device: torch.device | str = "cpu",
+                 cache: str = "exact") -> Generation:
+    """Autoregressive sampling from ``model.decode`` (GPT or RecursiveLM); ``halt`` implies no cache.
+
+    ``cache`` is the kind of KV cache (``exact`` or ``shared``, module docstring); ``use_cache=False``: none.
+    """
+    check_sampling(temperature, top_k, top_p, n_sup, max_new_tokens, cache)
     if not prompt:
         raise TrmError("generation needs at least one prompt token")
     use_cache = use_cache and not halt
     gen = torch.Generator().manual_seed(seed)
-    cache = KVCache() if use_cache else None
+    kv = new_cache(model, cache, len(prompt) + max_new_tokens) if use_cache else None
     ids = list(prompt)
     t0 = time.perf_counter()
-    logits, used = model.decode(torch.tensor([ids], device=device), cache, n_sup, halt)
+    logits, used = model.decode(torch.tensor([ids], device=device), kv, n_sup, halt)
     prefill = time.perf_counter() - t0
     out, steps = [], []
     for i in range(max_new_tokens):
@@ -107,9 +131,47 @@ def generate_ids(model, prompt: list[int], max_new_tokens: int, temperature: flo
         if tok == stop_id or i == max_new_tokens - 1:
             break
         context = [tok] if use_cache else ids
-        logits, used = model.decode(torch.tensor([context], device=device), cache, n_sup, halt)
+        logits, used = model.decode(torch.tensor([context], device=device), kv, n_sup, halt)
     decode = time.perf_counter() - t0 - prefill
-    return Generation(out, len(prompt), prefill, decode, steps, cache_mb(cache))
+    return Generation(out, len(prompt), prefill, decode, steps, kv.nbytes() if kv is not None else 0)
+
+
+@torch.inference_mode()
+def teacher_forced_loss(model, inputs: torch.Tensor, targets: torch.Tensor, cache: str | None = "exact",
+                        n_sup: int | None = None, prefill: int = 1) -> float:
+    """Summed next-token cross-entropy (nats) of ``targets`` [B, L] as generation would score them.
+
+    The windows ``inputs`` [B, L] are decoded as generation reads them: the first ``prefill`` tokens in one
+    pass, then one token per pass through a ``cache`` of that kind, taking each pass's last-position logits.
+    ``cache=None`` is full recomputation: every step over the whole window, the model's own evaluation.
+    Dividing by ``targets.numel()`` gives nats/token; with an exact cache it equals ``cache=None``.
+    """
+    if cache is None:
+        logits = _full_logits(model, inputs, n_sup)
+        return float(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum"))
+    kv = new_cache(model, cache, inputs.shape[1])
+    total = 0.0
+    for start, stop in [(0, prefill)] + [(t, t + 1) for t in range(prefill, inputs.shape[1])]:
+        if start >= stop:
+            continue
+        last, _ = model.decode(inputs[:, start:stop], kv, n_sup)
+        if stop - start > 1:   # the prefill's other positions: what recomputation of the prompt gives
+            earlier = _full_logits(model, inputs[:, :stop - 1], n_sup)
+            total += float(F.cross_entropy(earlier.float().flatten(0, 1), targets[:, :stop - 1].flatten(),
+                                           reduction="sum"))
+        total += float(F.cross_entropy(last.float(), targets[:, stop - 1], reduction="sum"))
+    return total
+
+
+def _full_logits(model, inputs: torch.Tensor, n_sup: int | None) -> torch.Tensor:
+    """Logits [B, L, V] at every position after the model's inference steps, from the whole window."""
+    if not isinstance(model, RecursiveLM):
+        return model.step({"inputs": inputs}).logits
+    carry = None
+    for _ in range(n_sup or model.cfg.n_sup_inference):
+        out = model.step({"inputs": inputs}, carry)
+        carry = out.carry
+    return out.logits
 
 
 def find_tokenizer(cfg, tokenizer: str = "", data_root: str = "data", checkpoint: str | Path = ""):

@@ -31,18 +31,21 @@ class TokenEmbedding(nn.Module):
 
 
 class _CachedCore:
-    """The shared core with a KV cache where each application (call c of a decoding pass) owns its own slots.
+    """The shared core with a KV cache: call c of a decoding pass uses the cache slots of application c % slots.
 
-    Position t's state after the c-th core call depends only on tokens <= t and on what earlier positions had
-    after their own c-th call, so caching keys/values per (call, layer) reproduces full recomputation exactly.
+    ``slots`` = every call of the pass (the exact cache): position t's state after the c-th core call depends
+    only on tokens <= t and on what earlier positions had after their own c-th call, so caching keys/values
+    per (call, layer) reproduces full recomputation exactly. ``slots`` = n_loops + 1 (the shared cache): one
+    recursion is the recurrent unit, as Huginn's block; its i-th call reuses the slots of every earlier
+    recursion's i-th call, which keep the latest application's keys/values (``KVCache(shared=True)``).
     """
 
-    def __init__(self, core: ReasoningCore, cache: KVCache):
-        self.core, self.cache, self.calls = core, cache, 0
+    def __init__(self, core: ReasoningCore, cache: KVCache, slots: int):
+        self.core, self.cache, self.slots, self.calls = core, cache, slots, 0
         self.n_layer = len(core.blocks)
 
     def __call__(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-        out = self.core(h, injection, self.cache, self.calls * self.n_layer)
+        out = self.core(h, injection, self.cache, (self.calls % self.slots) * self.n_layer)
         self.calls += 1
         return out
 
@@ -50,13 +53,20 @@ class _CachedCore:
 class RecursiveLM(RecursiveModel):
     """The engine with a causal core, plus incremental decoding for ``trm generate``."""
 
-    @torch.no_grad()
+    def cache_slots(self, cache: KVCache, n_sup: int) -> int:
+        """Core applications that own cache slots in one decoding pass: all of them, or one recursion's (shared)."""
+        per_recursion = self.n_loops + 1
+        return per_recursion if cache.shared else n_sup * self.T_recursion * per_recursion
+
+    @torch.inference_mode()
     def decode(self, idx: torch.Tensor, cache: KVCache | None = None, n_sup: int | None = None,
                halt: bool = False) -> tuple[torch.Tensor, int]:
         """Logits of the last position of ``idx`` [B, L] after up to ``n_sup`` supervision steps, and steps used.
 
-        With a cache, ``idx`` holds only the new tokens; every step and recursion has its own cache slots, so the
-        result equals recomputing the whole context. ACT halting (``halt``) stops at the first step whose halting
+        With a cache, ``idx`` holds only the new tokens. An exact cache (``KVCache()``) gives every step and
+        recursion its own slots, so the result equals recomputing the whole context; a shared one
+        (``KVCache(shared=True)``) keeps one recursion's worth, the latest, n_sup x T_recursion times smaller and
+        exact only when n_sup = T_recursion = 1. ACT halting (``halt``) stops at the first step whose halting
         logit (pooled over the whole sequence, as in training) is > 0; positions then differ in how many steps
         they saw, which a cache cannot hold, so halting needs ``cache=None`` (the context is recomputed).
         """
@@ -65,7 +75,7 @@ class RecursiveLM(RecursiveModel):
         n_sup = n_sup or self.cfg.n_sup_inference
         x = self.embed({"inputs": idx})
         carry = self.initial_carry(x)
-        core = _CachedCore(self.core, cache) if cache is not None else self.core
+        core = _CachedCore(self.core, cache, self.cache_slots(cache, n_sup)) if cache is not None else self.core
         steps = n_sup
         for k in range(n_sup):
             y, z = deep_recursion(core, x, carry.y, carry.z, self.n_loops, self.T_recursion)
@@ -73,6 +83,8 @@ class RecursiveLM(RecursiveModel):
             if halt and bool((self.q_head(y.mean(dim=1)) > 0).all()):
                 steps = k + 1
                 break
+        if cache is not None:
+            cache.commit()
         return self.head(carry.y[:, -1]), steps
 
 

@@ -33,20 +33,60 @@ class Rotary(nn.Module):
 
 
 class KVCache:
-    """Keys and values of past positions, one entry per attention layer, for incremental decoding."""
+    """Keys and values of past positions, one slot per attention layer (``layer`` ids), for incremental decoding.
 
-    def __init__(self):
-        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    Each slot is a buffer that grows by doubling (from ``capacity`` positions when given), so a new token is
+    written in place instead of copying the whole cache each time (as torch.cat would, per slot per token).
+
+    ``shared=True`` is Huginn's shared cache (arXiv 2502.05171): the same slot is written by several
+    applications of one layer to the same new tokens, and each write replaces the previous one; the new
+    positions join the cache only at ``commit()``, holding the latest application's keys/values.
+    """
+
+    def __init__(self, shared: bool = False, capacity: int = 0):
+        self.shared, self.capacity = shared, capacity
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # buffers [B, H, room, head_dim]
+        self.lengths: dict[int, int] = {}                                # committed positions per slot
+        self.pending = 0                                                 # shared: positions not yet committed
 
     def length(self, layer: int) -> int:
-        return self.layers[layer][0].shape[-2] if layer in self.layers else 0
+        return self.lengths.get(layer, 0)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if layer in self.layers:
-            pk, pv = self.layers[layer]
-            k, v = torch.cat((pk, k), dim=-2), torch.cat((pv, v), dim=-2)
-        self.layers[layer] = (k, v)
-        return k, v
+        """Write k, v [B, H, L, hd] after the slot's committed positions; return the slot's keys and values so far."""
+        n, L = self.length(layer), k.shape[-2]
+        kb, vb = self._room(layer, k, v, n + L)
+        kb[..., n:n + L, :] = k
+        vb[..., n:n + L, :] = v
+        if self.shared:
+            self.pending = L
+        else:
+            self.lengths[layer] = n + L
+        return kb[..., :n + L, :], vb[..., :n + L, :]
+
+    def commit(self):
+        """Shared cache: the positions written since the last commit become part of every slot (exact: no-op)."""
+        if self.shared:
+            for layer in self.layers:
+                self.lengths[layer] = self.length(layer) + self.pending
+            self.pending = 0
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values the cache holds (committed positions; buffers may have spare room)."""
+        return sum(2 * kb[..., :self.length(layer), :].numel() * kb.element_size()
+                   for layer, (kb, _) in self.layers.items())
+
+    def _room(self, layer: int, k: torch.Tensor, v: torch.Tensor, need: int):
+        """The slot's buffers, reallocated (doubled, the committed positions copied) when ``need`` does not fit."""
+        if layer in self.layers and self.layers[layer][0].shape[-2] >= need:
+            return self.layers[layer]
+        n = self.length(layer)
+        room = max(need, self.capacity, 2 * n)
+        buffers = tuple(t.new_empty(*t.shape[:-2], room, t.shape[-1]) for t in (k, v))
+        for new, old in zip(buffers, self.layers.get(layer, ())):
+            new[..., :n, :] = old[..., :n, :]
+        self.layers[layer] = buffers
+        return buffers
 
 
 class Attention(nn.Module):
