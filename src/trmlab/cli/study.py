@@ -26,8 +26,13 @@ def study_arguments(p):
     sub.required = True
 
     def common(q, runs=True):
-        q.add_argument("--scale", choices=["tiny", "full"], default="full",
-                       help="tiny: every experiment shrunk the same way to run on a CPU in minutes")
+        q.add_argument("--scale", default="full", metavar="{tiny,demo,full}",
+                       help="tiny: every experiment shrunk to run on a CPU in minutes; demo: on the demo's own model "
+                            "and data (Sudoku and maze studies), long enough to learn; full: as the seed specifies")
+        q.add_argument("--budget", default="", metavar="{steps,compute,time}",
+                       help=f"--scale demo: each run {specs.DEMO_STEP_FRACTION:.2g} x the demo preset's optimizer "
+                            "steps, or the training FLOPs of that many baseline steps, or "
+                            f"{specs.DEMO_MINUTES:g} minutes (default: the study's own; `trm study list --scale demo`)")
         q.add_argument("--base", default="", help="run the studies on this preset instead of their own (sudoku-paper)")
         if runs:
             runs_dir(q, default="", help="default: runs/studies/<scale>[-<base>]")
@@ -39,7 +44,9 @@ def study_arguments(p):
     q = sub.add_parser("run", help="run experiments as separate `trm train` processes; finished ones are skipped")
     q.add_argument("patterns", nargs="+", help="study names, ids, prefixes, globs, study YAML files, key=value")
     common(q)
-    q.add_argument("--jobs", type=int, default=1, help="runs at a time (local launcher)")
+    q.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time (local launcher; default: one per core, one thread each)")
+    q.add_argument("--seeds", type=int, default=1, help="runs per experiment (train.seed 0..N-1; default 1)")
     q.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     q.add_argument("--resume", action="store_true", help="continue interrupted or failed runs")
     data_root(q)
@@ -79,8 +86,9 @@ def _select(patterns: list[str]):
     names = [p for p in patterns if p not in files]
     if names or not files:
         chosen, unmatched = specs.select(names or ["*"])
-        for pat in unmatched:
-            print(f"no study or experiment matches '{pat}'; see `trm study list`")
+        if unmatched:  # a typo would otherwise run (or list) only part of what was meant
+            raise TrmError(f"no study or experiment matches {', '.join(repr(p) for p in unmatched)}; studies: "
+                           f"{', '.join(s.name for s in specs.STUDIES)} (ids: `trm study list`)")
         selection += chosen
         by_name.update({s.name: s for s, _ in chosen})
     if not selection:
@@ -92,7 +100,16 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
+def check_scale(args):
+    """--scale and --budget as one line each (argparse's choices would print its usage block too)."""
+    if args.scale not in specs.SCALES:
+        raise TrmError(f"--scale {args.scale}: must be one of {', '.join(specs.SCALES)}")
+    if args.budget and (args.budget not in specs.BUDGETS or args.scale != "demo"):
+        raise TrmError(f"--budget {args.budget}: must be one of {', '.join(specs.BUDGETS)}, with --scale demo")
+
+
 def study(args):
+    check_scale(args)
     return {"list": _list, "run": _run, "export": _export, "report": _report}[args.action](args)
 
 
@@ -106,8 +123,9 @@ def _list(args):
         if s.name != current:
             current = s.name
             n = sum(1 for ss, _ in selection if ss.name == s.name)
-            print(f"\n{s.name} ({n}): {s.title}. {s.question}")
-        status = f"{run_status(root / s.name / e.id):<12}" if show_status else ""
+            budget = f" [demo budget: {specs.budget_of(s, 'demo', args.budget)}]" if args.scale == "demo" else ""
+            print(f"\n{s.name} ({n}): {s.title}. {s.question}{budget}")
+        status = f"{run_status(root / specs.study_dir(s, args.scale, args.budget) / e.id):<12}" if show_status else ""
         note = f"  # {e.note}" if e.note else ""
         print(f"  {e.id:<22}{status}{' '.join(e.overrides) or '(the base preset)'}{note}")
     n_std = sum(1 for s, _ in selection if s.name != "baseline")
@@ -118,7 +136,7 @@ def _list(args):
 
 def check_counts(args):
     """argparse takes any integer: --jobs 0 would start nothing and report nothing done."""
-    for flag, value, low in (("--jobs", args.jobs, 1), ("--slurm-gpus", args.slurm_gpus, 0),
+    for flag, value, low in (("--jobs", args.jobs, 1), ("--seeds", args.seeds, 1), ("--slurm-gpus", args.slurm_gpus, 0),
                              ("--slurm-cpus", args.slurm_cpus, 0), ("--slurm-timeout-min", args.slurm_timeout_min, 1)):
         if value < low:
             raise TrmError(f"{flag} {value}: must be >= {low}")
@@ -137,17 +155,32 @@ def refuse_if_all_invalid(plans):
     raise TrmError(f"no selected experiment has a valid config ({ids}); the first: {invalid[0].error}")
 
 
+def default_jobs(args) -> int:
+    """One run per core at tiny and demo scale (each one thread: one process per core beats threads here);
+    one at a time at full scale, where each run takes the whole machine."""
+    import os
+    return (os.cpu_count() or 1) if args.scale in ("tiny", "demo") and args.launcher == "local" else 1
+
+
 def _run(args):
-    from trmlab.studies.runner import execute, plan, write_study_info
+    from trmlab.studies.runner import estimate, execute, plan, write_study_info
+    args.jobs = default_jobs(args) if args.jobs is None else args.jobs
     check_counts(args)
     patterns, extra = _split(args.patterns)
     selection, by_name = _select(patterns)
-    specs.check_applies(selection, args.base)
+    if args.scale == "demo":  # demo scale carries each experiment over to its task's own keys
+        for base in {args.base or s.base for s, _ in selection}:
+            specs.demo_preset(base)  # a task without a demo preset: one line before anything is planned
+    else:
+        specs.check_applies(selection, args.base)
     root = study_runs_dir(args)
-    plans = plan(selection, root, args.scale, args.base, extra, args.resume, args.data_root)
+    plans = plan(selection, root, args.scale, args.base, extra, args.resume, args.data_root, args.budget,
+                 args.seeds)
     refuse_if_all_invalid(plans)
-    if not args.dry_run:
-        write_study_info(plans, by_name, args.scale, args.base)
+    if args.dry_run:
+        print(estimate(plans, args.jobs))
+    else:
+        write_study_info(plans, by_name, args.scale, args.base, args.budget)
     slurm = {"slurm_partition": args.slurm_partition, "gpus_per_node": args.slurm_gpus or None,
              "cpus_per_task": args.slurm_cpus or None, "timeout_min": args.slurm_timeout_min}
     counts = execute(plans, jobs=args.jobs, launcher=args.launcher, dry_run=args.dry_run, data_root=args.data_root,
@@ -158,7 +191,8 @@ def _run(args):
 
 def _export(args):
     selection, _ = _select(args.patterns)
-    specs.check_applies(selection, args.base)
+    if args.scale != "demo":
+        specs.check_applies(selection, args.base)
     out = Path(args.out)
     try:
         n, arch = _write_configs(selection, args, out)
@@ -173,7 +207,8 @@ def _write_configs(selection, args, out: Path) -> tuple[int, dict]:
     n = 0
     for s, e in selection:
         try:
-            cfg = specs.resolved_config(e, args.base or s.base, args.scale)
+            cfg = specs.resolved_config(e, args.base or s.base, args.scale,
+                                        budget=specs.budget_of(s, args.scale, args.budget), study_base=s.base)
         except TrmError as err:
             print(f"{e.id}: invalid config: {err}")
             continue
@@ -195,7 +230,7 @@ def _report(args):
         names = sorted({s.name for s, _ in selection})
         if len(names) != 1:
             raise TrmError(f"'{args.study}' spans studies {', '.join(names)}; report one of them")
-        root = study_runs_dir(args) / names[0]
+        root = study_runs_dir(args) / specs.study_dir(selection[0][0], args.scale, args.budget)
     from trmlab.studies.results import find_runs
     if not root.is_dir() or not find_runs(root):
         hint = "" if root == Path(args.study) else f"; run the study first (trm study run {args.study} ...)"

@@ -80,6 +80,21 @@ def secondary_metric(df: pd.DataFrame) -> str | None:
     return None
 
 
+def experiment_means(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """One row per experiment (its seeds' runs together, in run order): the mean of each numeric column of
+    ``cols`` as ``<col>``, its sample standard deviation as ``<col>_sd`` (0 for one seed), and ``seeds``."""
+    cols = [c for c in dict.fromkeys(cols) if c in df]
+    g = df.groupby("exp_id", sort=False)
+    out = pd.DataFrame({"seeds": g.size()})
+    for c in cols:
+        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+            out[c] = g[c].mean()
+            out[f"{c}_sd"] = g[c].std(ddof=1).fillna(0.0)
+        else:
+            out[c] = g[c].first()
+    return out.reset_index()
+
+
 def _save(fig, out_dir: Path, name: str) -> Path:
     path = out_dir / f"{name}.png"
     fig.tight_layout()
@@ -105,18 +120,26 @@ def accuracy_vs(df: pd.DataFrame, x: str, out_dir: Path, fits: dict[str, PowerLa
     if d[x].nunique() < 2:
         return Figure(name, title, skipped=f"'{x}' takes one value across the runs")
     numeric = pd.api.types.is_numeric_dtype(d[x]) and not pd.api.types.is_bool_dtype(d[x])
-    if numeric:
-        d = d.sort_values(x)
-        xs = d[x].astype(float).to_numpy()
-    else:
-        cats = list(dict.fromkeys(d[x].astype(str)))
-        xs = np.array([cats.index(v) for v in d[x].astype(str)], dtype=float)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot(xs, d["score"], "o-" if numeric else "o", label=metric)
     second = secondary_metric(d)
-    if second and second != metric:
-        ax.plot(xs, d[second], "s--" if numeric else "s", alpha=0.7, label=second)
-    _annotate(ax, xs, d["score"], d["exp_id"])
+    second = second if second and second != metric else None
+    # one point per experiment: the mean over its seeds, with their standard deviation; each seed's run faint
+    m = experiment_means(d, [x, "score"] + ([second] if second else []))
+    cats = list(dict.fromkeys(d[x].astype(str))) if not numeric else []
+    pos = (lambda v: v.astype(float).to_numpy()) if numeric else \
+        (lambda v: np.array([cats.index(str(c)) for c in v], dtype=float))
+    if numeric:
+        m = m.sort_values(x)
+    xs, seeds = pos(m[x]), int(m["seeds"].max())
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    spread = f" (mean ± sd of {seeds} seeds)" if seeds > 1 else ""
+    for col, fmt in (("score", "o-"), (second, "s--")):
+        if not col:
+            continue
+        ax.errorbar(xs, m[col], yerr=m[f"{col}_sd"] if seeds > 1 else None, fmt=fmt if numeric else fmt[0],
+                    capsize=3, alpha=1 if col == "score" else 0.7, label=f"{metric if col == 'score' else col}{spread}")
+        if seeds > 1:
+            ax.plot(pos(d[x]), d[col], ".", color="gray", alpha=0.4)
+    _annotate(ax, xs, m["score"], m["exp_id"])
     caption = ""
     for col, fit in (fits or {}).items():
         if fit.meaningful:
@@ -145,6 +168,7 @@ def pareto(df: pd.DataFrame, x: str, out_dir: Path) -> Figure:
     if d["score"].nunique() < 2 and secondary_metric(d):  # every run ties on the headline: rank by the finer one
         col = metric = secondary_metric(d)
         lower = False  # blank_acc / cell_acc
+    d = experiment_means(d, [x, col])   # experiments, not seeds, are what a frontier ranks
     xs, ys = d[x].astype(float).to_numpy(), d[col].astype(float).to_numpy()
     front = pareto_front(xs, ys, lower)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -167,10 +191,14 @@ def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure:
         return Figure(name, title, skipped="no training records in metrics.jsonl")
     cols = [c for c in ("loss", "exact_acc", "cell_acc") if c in curves]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8), squeeze=False)
+    colors = {e: f"C{i % 10}" for i, e in enumerate(dict.fromkeys(curves["exp_id"]))}  # one colour per experiment
     for ax, col in zip(axes[0], cols):
+        labelled = set()
         for run, g in curves.groupby("run", sort=False):
-            g = g.sort_values("step")
-            ax.plot(g["step"], g[col].rolling(5, min_periods=1).mean(), label=g["exp_id"].iloc[0], lw=1.2)
+            g, exp = g.sort_values("step"), g["exp_id"].iloc[0]
+            ax.plot(g["step"], g[col].rolling(5, min_periods=1).mean(), color=colors[exp], lw=1.2,
+                    label=None if exp in labelled else exp)
+            labelled.add(exp)
         ax.set_xlabel("step")
         ax.set_ylabel(f"train {col} (5-record mean)")
         if col == "loss" and (curves[col] > 0).all():
@@ -187,11 +215,13 @@ def halting(df: pd.DataFrame, out_dir: Path) -> Figure:
     if "exact_acc_per_step" not in df or df["exact_acc_per_step"].isna().all():
         return Figure(name, title, skipped="no per-step accuracies in the summaries")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for _, r in df[df["exact_acc_per_step"].notna()].iterrows():
-        per_step = json.loads(r["exact_acc_per_step"])
-        line, = ax.plot(range(1, len(per_step) + 1), per_step, lw=1, alpha=0.8, label=r["exp_id"])
-        if pd.notna(r.get("mean_steps_act")):
-            ax.plot([r["mean_steps_act"]], [r["exact_acc_act"]], "*", ms=11, color=line.get_color())
+    for exp, g in df[df["exact_acc_per_step"].notna()].groupby("exp_id", sort=False):  # mean over seeds
+        curves = [json.loads(v) for v in g["exact_acc_per_step"]]
+        per_step = np.mean([c for c in curves if len(c) == len(curves[0])], axis=0)
+        line, = ax.plot(range(1, len(per_step) + 1), per_step, lw=1, alpha=0.8,
+                        label=exp + (f" ({len(g)} seeds)" if len(g) > 1 else ""))
+        if "mean_steps_act" in g and g["mean_steps_act"].notna().any():
+            ax.plot([g["mean_steps_act"].mean()], [g["exact_acc_act"].mean()], "*", ms=11, color=line.get_color())
     ax.set_xlabel("supervision steps (mean steps used, for the ACT stars)")
     ax.set_ylabel("exact accuracy")
     ax.set_title(title, fontsize=10)

@@ -11,6 +11,7 @@ import html
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from trmlab.studies.fits import PowerLawFit, fit_power_law
-from trmlab.studies.plots import Figure, direction, lower_is_better, metric_name, secondary_metric, study_figures
+from trmlab.studies.plots import (Figure, direction, experiment_means, lower_is_better, metric_name, secondary_metric,
+                                  study_figures)
 from trmlab.studies.results import curves, gather, write_table
 
 FIT_COLUMNS = ("params", "train_examples")  # the seed's two laws: the metric vs model size and vs data size
@@ -73,6 +75,26 @@ def run_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.fillna("")
 
 
+def experiment_table(done: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment, its seeds together: what it varies, the number of seeds, and mean ± sd of the
+    headline metric, the finer accuracy, ACT's figures, steps and training time."""
+    if not len(done):
+        return pd.DataFrame()
+    second = secondary_metric(done)
+    varying = [c for c in _varying(done) if c != "train.seed"
+               and done.groupby("exp_id")[c].nunique(dropna=False).max() == 1]  # set by the experiment, not the seed
+    stats = [c for c in ("score", second, "exact_acc_act", "compute_saved_act", "steps", "train_time_s") if c and c in done]
+    m = experiment_means(done, stats)
+    first = done.groupby("exp_id", sort=False)[varying].first()   # as the config has them (ints stay ints)
+    out = m[["exp_id", "seeds"]].join(first, on="exp_id")[["exp_id", *varying, "seeds"]]
+    for c in stats:
+        digits = 0 if c in ("steps", "train_time_s") else 3
+        out[metric_name(done) if c == "score" else c] = [
+            f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if n > 1 else "") if pd.notna(v) else ""
+            for v, sd, n in zip(m[c], m[f"{c}_sd"], m["seeds"])]
+    return out.fillna("")
+
+
 def best_run(done: pd.DataFrame) -> pd.Series | None:
     """The done run with the best headline metric, in the metric's direction (lowest val_loss, highest exact_acc)."""
     d = done[done["score"].notna()] if "score" in done else done.iloc[:0]
@@ -90,6 +112,12 @@ def _best_line(rep) -> str:
     scores = done["score"].dropna().astype(float)
     if len(scores) > 1 and scores.nunique() == 1:  # a tie names no winner
         return f"No best run by {metric_name(done)}: all {len(scores)} runs score {scores.iloc[0]:.4g}."
+    m = experiment_means(done[done["score"].notna()], ["score"])
+    if m["seeds"].max() > 1:  # with seeds, an experiment wins on its mean, not on its luckiest seed
+        i = m["score"].idxmin() if lower_is_better(done) else m["score"].idxmax()
+        return (f"Best experiment by {metric_name(done)} ({direction(lower_is_better(done))}, mean over seeds): "
+                f"{m.loc[i, 'exp_id']} ({m.loc[i, 'score']:.4g} ± {m.loc[i, 'score_sd']:.2g}, "
+                f"{m.loc[i, 'seeds']} seeds).")
     return (f"Best run by {metric_name(done)} ({direction(lower_is_better(done))}): {best['exp_id']} "
             f"({float(best['score']):.4g}).")
 
@@ -161,6 +189,9 @@ def render_markdown(rep: Report, info: dict, root: Path) -> str:
     out += [ln for ln in _intro(rep, info, root) if ln] + [""]
     if rep.problems:
         out += ["## Problems", ""] + [f"- {p}" for p in rep.problems] + [""]
+    et = experiment_table(rep.done) if len(rep.table) else pd.DataFrame()
+    if len(et) and et["seeds"].max() > 1:
+        out += ["## Experiments (mean ± sd over seeds)", "", _md_table(et), ""]
     if len(rep.table):
         out += ["## Runs", "", _md_table(run_table(rep.table)), ""]
     if rep.fits:
@@ -186,6 +217,11 @@ def _md_table(t: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells[1:]])
 
 
+def _inline(text: str) -> str:
+    """One line of the Markdown report as HTML: escaped, with its `code` spans as <code> (not raw backticks)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def render_html(rep: Report, info: dict, root: Path) -> str:
     """One file: the plots are embedded as base64 PNG, so the report can be mailed or archived alone."""
     esc = html.escape
@@ -197,10 +233,13 @@ def render_html(rep: Report, info: dict, root: Path) -> str:
              f"<h1>Study report: {esc(title)}</h1>"]
     if info.get("question"):
         parts.append(f"<p><em>{esc(info['question'])}</em></p>")
-    parts += [f"<p>{esc(ln)}</p>" for ln in _intro(rep, info, root) if ln]
+    parts += [f"<p>{_inline(ln)}</p>" for ln in _intro(rep, info, root) if ln]
     if rep.problems:
         parts.append("<h2>Problems</h2><ul>" + "".join(f"<li class='problem'>{esc(p)}</li>" for p in rep.problems)
                      + "</ul>")
+    et = experiment_table(rep.done) if len(rep.table) else pd.DataFrame()
+    if len(et) and et["seeds"].max() > 1:
+        parts += ["<h2>Experiments (mean ± sd over seeds)</h2>", et.to_html(index=False, escape=True)]
     if len(rep.table):
         parts += ["<h2>Runs</h2>", run_table(rep.table).to_html(index=False, escape=True)]
     if rep.fits:

@@ -15,6 +15,7 @@ A GRPO run (``trm latent rl``) written before config.yaml existed is read from i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +34,11 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     dirs = {p.parent for m in MARKERS for p in root.rglob(m)}
     return sorted(d for d in dirs if not SKIP_PARTS & set(d.relative_to(root).parts))
+
+
+def experiment_of(run_name: str) -> str:
+    """The experiment a run belongs to: ``exp02a_03-seed2`` is seed 2 of exp02a_03 (`trm study run --seeds`)."""
+    return re.sub(r"-seed\d+$", "", run_name)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -126,7 +132,7 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
     """One row for ``run_dir`` and the problems found in it."""
     problems = []
     rel = run_dir.relative_to(root)
-    row = {"run": str(rel) if str(rel) != "." else run_dir.name, "exp_id": run_dir.name,
+    row = {"run": str(rel) if str(rel) != "." else run_dir.name, "exp_id": experiment_of(run_dir.name),
            "study": rel.parts[-2] if len(rel.parts) > 1 else root.name}
     try:
         cfg = read_config(run_dir)
@@ -185,7 +191,7 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         problems += probs
     df = pd.DataFrame(rows)
     if len(df):
-        front = [c for c in ("study", "exp_id", "status", "score", "metric", "lower_is_better", "params", "effective_depth", "steps",
+        front = [c for c in ("study", "exp_id", "train.seed", "status", "score", "metric", "lower_is_better", "params", "effective_depth", "steps",
                              "train_time_s") if c in df]
         df = df[front + [c for c in df.columns if c not in front]]
     return df, problems

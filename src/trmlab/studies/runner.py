@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trmlab.errors import TrmError
-from trmlab.studies.specs import Experiment, Study, resolve
+from trmlab.studies.specs import DEMO_MINUTES, DEMO_STEP_FRACTION, Experiment, Study, budget_of, resolve, run_preset, study_dir
+
+SEED_SUFFIX = "-seed"   # <exp_id>-seed<k>: the run of seed k > 0 (seed 0 keeps the plain id)
 
 
 @dataclass
@@ -30,7 +32,7 @@ class RunPlan:
     run_dir: str
     argv: list[str] = field(default_factory=list)  # the `trm train` command
     action: str = "run"      # run | resume | restart | skip (done) | wait (unfinished, no --resume) | invalid
-    error: str = ""
+    error: str = ""          #   | same (the config of an earlier experiment on this base: ``error`` names it)
 
     @property
     def runnable(self) -> bool:
@@ -54,33 +56,56 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / "checkpoints").glob("step_*/state.json"))
 
 
+def run_name(exp_id: str, seed: int) -> str:
+    return exp_id if seed == 0 else f"{exp_id}{SEED_SUFFIX}{seed}"
+
+
 def plan(selection: list[tuple[Study, Experiment]], runs_dir: str | Path, scale: str = "full", base: str = "",
-         extra: list[str] = (), resume: bool = False, data_root: str = "data") -> list[RunPlan]:
-    """What `run` would do for each selected experiment; bad overrides become ``invalid`` plans, not exceptions."""
-    plans = []
+         extra: list[str] = (), resume: bool = False, data_root: str = "data", budget: str = "",
+         seeds: int = 1) -> list[RunPlan]:
+    """What `run` would do for each selected experiment and seed; bad overrides become ``invalid`` plans, not
+    exceptions. Seed k > 0 adds ``train.seed=<k>`` (weights and batch order; the data stay the same) and runs as
+    ``<exp_id>-seed<k>``. An experiment whose config on this base equals an earlier one's (exp04b's 1000 and 2000
+    augmentations on a maze, which has 7) is planned as ``same`` and not run twice."""
+    plans, seen = [], {}
     for study, exp in selection:
-        root = Path(runs_dir) / study.name
-        run_dir = root / exp.id
-        p = RunPlan(study.name, exp.id, str(run_dir))
+        root = Path(runs_dir) / study_dir(study, scale, budget)
         preset = base or study.base
         try:
-            overrides = resolve(exp, preset, scale, list(extra))
+            overrides = resolve(exp, preset, scale, list(extra), budget_of(study, scale, budget), study.base)
+            start = run_preset(preset, scale)
         except TrmError as e:
-            p.action, p.error = "invalid", str(e)
-            plans.append(p)
+            plans += [RunPlan(study.name, run_name(exp.id, k), str(root / run_name(exp.id, k)), action="invalid",
+                              error=str(e)) for k in range(seeds)]
             continue
-        p.argv = [sys.executable, "-m", "trmlab.cli", "train", preset, *overrides, "--name", exp.id,
-                  "--runs-dir", str(root), "--data-root", str(data_root), "--quiet"]
-        status = run_status(run_dir)
-        if status == "done":
-            p.action = "skip"
-        elif status != "new" and not resume:
-            p.action = "wait"
-        elif status != "new":  # resume from the last checkpoint; with none there is nothing to keep
-            p.action = "resume" if _has_checkpoint(run_dir) else "restart"
-            p.argv.append("--resume" if p.action == "resume" else "--overwrite")
-        plans.append(p)
+        key = (study.name, start, tuple(sorted(overrides)))
+        for k in range(seeds):
+            name = run_name(exp.id, k)
+            p = RunPlan(study.name, name, str(root / name))
+            if key in seen:
+                p.action, p.error = "same", run_name(seen[key], k)
+                plans.append(p)
+                continue
+            seed = [f"train.seed={k}"] if k else []
+            p.argv = [sys.executable, "-m", "trmlab.cli", "train", start, *overrides, *seed, "--name", name,
+                      "--runs-dir", str(root), "--data-root", str(data_root), "--quiet"]
+            plans.append(_with_status(p, resume))
+        seen.setdefault(key, exp.id)
     return plans
+
+
+def _with_status(p: RunPlan, resume: bool) -> RunPlan:
+    """The plan's action from what its run directory holds (done, unfinished, new)."""
+    run_dir = Path(p.run_dir)
+    status = run_status(run_dir)
+    if status == "done":
+        p.action = "skip"
+    elif status != "new" and not resume:
+        p.action = "wait"
+    elif status != "new":  # resume from the last checkpoint; with none there is nothing to keep
+        p.action = "resume" if _has_checkpoint(run_dir) else "restart"
+        p.argv.append("--resume" if p.action == "resume" else "--overwrite")
+    return p
 
 
 def write_error(run_dir: str | Path, record: dict):
@@ -156,7 +181,48 @@ def _child_env(study: str, jobs: int) -> dict:
     return env
 
 
-def write_study_info(plans: list[RunPlan], studies: dict[str, Study], scale: str, base: str):
+# Seconds per FLOP of one single-threaded training process, from the demo preset's step on the project's 2-core
+# machine (24.5 GFLOP by the FLOP model in 0.32 s); a dry run's wall-time estimate scales every run by its FLOPs.
+FLOPS_PER_PROCESS = 7.6e10
+EVAL_FRACTION = 0.1     # evaluation and data loading on top of training, measured on the same runs
+
+
+def _run_seconds(p: RunPlan) -> float:
+    """Estimated wall time of one planned run: its time budget, or its steps x its step's FLOPs at the rate above."""
+    import torch
+
+    from trmlab.api import build_model
+    from trmlab.cli.train import train_arguments
+    from trmlab.config import load_config
+    from trmlab.eval.flops import model_flops
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    cfg = load_config(*(lambda a: (a.preset, a.overrides))(parser.parse_args(p.argv[4:])))
+    if cfg.train.time_budget_s:
+        return cfg.train.time_budget_s * (1 + EVAL_FRACTION)
+    with torch.device("meta"):   # shapes only: no memory, no initialisation
+        model = build_model(cfg)
+    return cfg.train.steps * model_flops(cfg, model)["flops_per_step"] / FLOPS_PER_PROCESS * (1 + EVAL_FRACTION)
+
+
+def estimate(plans: list[RunPlan], jobs: int) -> str:
+    """One line: how many runs, and the estimated wall time with ``jobs`` at a time (longest runs first)."""
+    todo = [p for p in plans if p.runnable]
+    if not todo:
+        return "nothing to run"
+    try:
+        secs = sorted((_run_seconds(p) for p in todo), reverse=True)
+    except Exception as e:  # an estimate must never stop a dry run
+        return f"{len(todo)} runs; no time estimate ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})"
+    lanes = [0.0] * max(1, jobs)
+    for t in secs:   # greedy: each run to the lane that frees first
+        lanes[lanes.index(min(lanes))] += t
+    return (f"{len(todo)} runs, {jobs} at a time: about {max(lanes) / 60:.0f} min of wall time on this machine "
+            f"({sum(secs) / 60:.0f} run-minutes; estimated from the FLOP model at {FLOPS_PER_PROCESS / 1e9:.0f} "
+            f"GFLOP/s per single-threaded process, measured for the demo preset on a 2-core Xeon)")
+
+
+def write_study_info(plans: list[RunPlan], studies: dict[str, Study], scale: str, base: str, budget: str = ""):
     """<runs_dir>/<study>/study.json: what the report needs to know about the study (its x, whether to fit)."""
     for name in {p.study for p in plans}:
         s = studies[name]
@@ -164,6 +230,13 @@ def write_study_info(plans: list[RunPlan], studies: dict[str, Study], scale: str
         root.mkdir(parents=True, exist_ok=True)
         info = {"name": s.name, "title": s.title, "question": s.question, "x": s.x, "fit": s.fit,
                 "base": base or s.base, "scale": scale, "experiments": [e.id for e in s.experiments]}
+        if scale == "demo":
+            info["budget"] = budget_of(s, scale, budget)
+            info["budget_per_run"] = {
+                "time": f"{DEMO_MINUTES:g} min of training",
+                "steps": f"{DEMO_STEP_FRACTION:.2g} x the demo preset's optimizer steps (x the experiment's own ratio)",
+                "compute": f"the training FLOPs of {DEMO_STEP_FRACTION:.2g} x the demo preset's steps of the demo "
+                           "preset itself"}[info["budget"]]
         (root / "study.json").write_text(json.dumps(info, indent=2))
 
 
@@ -181,6 +254,9 @@ def execute(plans: list[RunPlan], jobs: int = 1, launcher: str = "local", dry_ru
         elif p.action == "skip":
             counts["skipped"] += 1
             echo(f"{p.exp_id}: done already (summary.json), skipped")
+        elif p.action == "same":
+            counts["skipped"] += 1
+            echo(f"{p.exp_id}: the same config as {p.error} on this base, not run again")
         elif p.action == "wait":
             counts["unfinished"] += 1
             echo(f"{p.exp_id}: unfinished run in {p.run_dir}; pass --resume to continue it")

@@ -43,6 +43,7 @@ class Study:
     x: str = ""                     # the results column this study varies (plots and fits use it)
     fit: bool = False               # fit acc = a - b * x^(-c) against ``x``
     arch: bool = False              # the seed keeps these experiments' settings in architecture configs
+    demo_budget: str = "steps"      # --scale demo: each run a fixed number of optimizer steps, or of minutes (time)
 
 
 def _exp(id_: str, *overrides: str, note: str = "") -> Experiment:
@@ -58,7 +59,9 @@ STUDIES: list[Study] = [
     Study("model_size", "Model size scaling", "How does accuracy scale with width (parameters)?",
           [_exp(f"exp01{c}", f"model.n_embd={d}", f"model.n_head={h}")
            for c, d, h in zip("abcdef", (256, 384, 512, 768, 1024, 1536), (4, 6, 8, 8, 8, 8))],
-          x="params", fit=True, arch=True),
+          # demo scale at equal compute: at equal steps the widest model would cost 6x the baseline's time; with
+          # the compute held fixed the study asks what a CPU user asks (which width is best for my minutes?)
+          x="params", fit=True, arch=True, demo_budget="compute"),
     Study("recursion_depth", "Recursion depth scaling", "How many latent updates n (L_cycles) and recursions T "
           "(H_cycles) are worth their compute?",
           [_exp(f"exp02a_{i:02d}", f"model.n_loops={n}") for i, n in enumerate((2, 4, 6, 8, 10, 12), 1)]
@@ -67,7 +70,7 @@ STUDIES: list[Study] = [
     Study("depth_vs_recursion", "Depth vs recursion", "Can recursion replace layers at similar depth?",
           [_exp(f"exp03{c}", f"model.n_layer={layers}", f"model.n_loops={n}")
            for c, layers, n in zip("abcde", (1, 2, 3, 4, 6), (12, 6, 4, 3, 2))],
-          x="effective_depth", arch=True),
+          x="effective_depth", arch=True, demo_budget="compute"),  # "at similar compute": held equal
     Study("data_scaling", "Data scaling", "How many training puzzles and augmentations are needed?",
           # subsample_size counts puzzles when the data comes from a CSV/HF source, n_train when generated.
           [_exp(f"exp04a_{n}", f"data.subsample_size={n}", f"data.n_train={n}") for n in (100, 250, 500, 1000, 2000, 5000)]
@@ -292,10 +295,134 @@ def check_applies(selection: list[tuple[Study, Experiment]], base: str):
                        f"leave {'it' if one else 'them'} out")
 
 
-def resolve(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = ()) -> list[str]:
-    """The concrete overrides that `trm train <base>` needs to run ``exp`` at ``scale``; validated (TrmError)."""
-    if scale not in ("tiny", "full"):
-        raise TrmError(f"--scale must be tiny or full, got '{scale}'")
+# --scale demo: each experiment on the demo's own model family and data (the task's `demo_preset`: `sudoku` for
+# Sudoku studies, `maze` for maze ones). What an experiment changes is carried over from its study's base: sizes
+# (width, batch, LR, steps, training puzzles, augmentations) as ratios to the base's value, so exp01's 256..1536 on
+# the paper's 512 become 48..288 on the demo's 96; everything else (n_loops, T, N_sup, layers, EMA, optimizer,
+# schedule, halting) as the experiment sets it, since that is what the studies measure. A run's budget is either
+# optimizer steps (DEMO_STEP_FRACTION of the demo preset's for the base experiment; the batch study keeps its
+# fixed-epoch ratios), or compute (the training FLOPs of the base experiment's steps, so a run whose step costs 3x
+# gets a third of the steps: equal wall time on a quiet machine, and unlike a clock the same on a busy one), or
+# wall time (minutes, as `trm demo` compares; a busy machine gives a run fewer steps).
+SCALES = ("tiny", "demo", "full")
+BUDGETS = ("steps", "compute", "time")
+# Of the demo preset's own steps: Sudoku 400, where the demo's TRM solves 58 % of held-out puzzles (0 % at step 200,
+# 8.5 % at 300: the budget sits past the jump, so differences show in exact accuracy, not only in blank cells); maze 1000.
+DEMO_STEP_FRACTION = 2 / 3
+DEMO_MINUTES = 2.5
+RATIO_KEYS = ("model.n_embd", "train.batch_size", "train.lr", "train.puzzle_emb_lr", "train.embedding_lr",
+              "train.steps", "train.warmup_steps")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def demo_preset(base: str) -> str:
+    """The preset --scale demo runs ``base``'s task on (TrmError for a task without one)."""
+    from trmlab.tasks import get_task
+    task = base_dict(base).get("task", "?")
+    preset = getattr(get_task(task), "demo_preset", "")
+    if not preset:
+        raise TrmError(f"--scale demo is defined for the Sudoku and maze studies; base {base} is task '{task}' "
+                       f"(use --scale tiny or full)")
+    return preset
+
+
+def _task(d: dict):
+    from trmlab.tasks import get_task
+    return get_task(d.get("task", "sudoku"))
+
+
+def _round_width(value: float, cfg: dict) -> int:
+    heads = cfg["model"]["n_head"] if cfg["model"]["core"] == "attention" else 1
+    multiple = max(heads, 8)
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def demo_overrides(exp: Experiment, study_base: str, target: str = "", budget: str = "steps") -> list[str]:
+    """Overrides of the demo preset of ``target``'s task (default: the study's) that run ``exp``, an experiment of
+    a study written on ``study_base`` (whose values the ratios are taken against)."""
+    if budget not in BUDGETS:
+        raise TrmError(f"--budget must be one of {', '.join(BUDGETS)}, got '{budget}'")
+    full = base_dict(study_base)
+    fam = base_dict(demo_preset(target or study_base))
+    mine = _flat(from_dict(parse_overrides(absolute(exp.overrides, full), full)).to_dict())
+    ref, task, flat_fam = _flat(full), _task(fam), _flat(fam)
+    size_keys = _task(full).train_size_keys
+    # what the experiment sets, also where it equals its base (exp02a_03's n_loops=6 is the paper's, not the demo's)
+    named = {p for item in exp.overrides for p in _resolve_key(item.partition("=")[0], full)}
+    out = []
+    for key, value in mine.items():
+        if key == "name" or (value == ref.get(key) and key not in named):
+            continue
+        if key in size_keys:   # training puzzles: a ratio to the base's count, on the demo task's own keys
+            n = max(1, round(value / max(ref[key], 1) * flat_fam[task.train_size_keys[0]]))
+            out += [f"{k}={n}" for k in task.train_size_keys if f"{k}={n}" not in out]
+        elif key == "data.num_aug":
+            out.append(f"data.num_aug={_demo_aug(value, ref[key], flat_fam.get(key, 0), task.max_augmentations)}")
+        elif key in RATIO_KEYS:
+            scaled = value / ref[key] * flat_fam[key]
+            v = _round_width(scaled, fam) if key == "model.n_embd" else \
+                max(1, round(scaled)) if isinstance(value, int) else scaled
+            out.append(f"{key}={_fmt(v)}")
+        elif key in flat_fam:
+            out.append(f"{key}={_fmt(value)}")
+    steps = {k.partition("=")[0]: k.partition("=")[2] for k in out}.get("train.steps")
+    ratio = float(steps) / flat_fam["train.steps"] if steps else 1.0
+    out = [o for o in out if not o.startswith("train.steps=")]
+    n = max(10, round(DEMO_STEP_FRACTION * flat_fam["train.steps"] * ratio))
+    if budget == "compute":   # the base experiment's training FLOPs: fewer steps for a costlier step
+        n = max(10, round(n * _step_flops(fam, []) / _step_flops(fam, out)))
+    if budget in ("steps", "compute"):
+        out += [f"train.steps={n}", f"train.ckpt_interval={max(1, n // 4)}"]
+    else:   # every run the same minutes; the step cap is never reached
+        out += [f"train.time_budget_s={DEMO_MINUTES * 60:g}", "train.steps=1000000", "train.ckpt_interval=100"]
+    return out + ["train.eval_interval=0", "train.eval_samples=0"]
+
+
+def _step_flops(preset: dict, overrides: list[str]) -> float:
+    """Training FLOPs of one optimizer step of ``preset`` with ``overrides`` (the project's FLOP model; the model
+    is built on the meta device: shapes only)."""
+    import torch
+
+    from trmlab.api import build_model
+    from trmlab.eval.flops import model_flops
+    cfg = from_dict(parse_overrides(overrides, preset))
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return model_flops(cfg, model)["flops_per_step"]
+
+
+def _demo_aug(value: int, base_value: int, demo_value: int, most: int | None) -> int:
+    """Augmentations at demo scale: the experiment's ratio to its base, applied to the demo preset's count (or to
+    every view the task has, where it has a fixed number), at least 1 where the experiment asks for any."""
+    if value <= 0:
+        return 0
+    reference = most if most is not None else demo_value
+    n = max(1, round(value / max(base_value, 1) * reference))
+    return min(n, most) if most is not None else n
+
+
+def resolve(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = (),
+            budget: str = "steps", study_base: str = "") -> list[str]:
+    """The concrete overrides that `trm train <run_preset(base, scale)>` needs to run ``exp`` at ``scale``; validated.
+
+    At demo scale the run's preset is the demo preset of ``base``'s task, and the experiment's sizes are read as
+    ratios to ``study_base`` (the base its study was written on; default ``base``).
+    """
+    if scale not in SCALES:
+        raise TrmError(f"--scale must be one of {', '.join(SCALES)}, got '{scale}'")
+    if scale == "demo":
+        preset = demo_preset(base)
+        overrides = demo_overrides(exp, study_base or base, base, budget)
+        resolved = from_dict(parse_overrides(overrides, base_dict(preset))).to_dict()
+        overrides += absolute(extra, resolved)
+        from_dict(parse_overrides(overrides, base_dict(preset)))
+        return overrides
     full = base_dict(base)
     overrides = absolute(exp.overrides, full)
     if scale == "tiny" or extra:
@@ -309,9 +436,30 @@ def resolve(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra
     return overrides
 
 
-def resolved_config(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = ()) -> dict:
+def budget_of(study: Study, scale: str, budget: str = "") -> str:
+    """The budget a run of ``study`` gets: the one asked for, else the study's own at demo scale, else steps."""
+    if budget and budget not in BUDGETS:
+        raise TrmError(f"--budget must be one of {', '.join(BUDGETS)}, got '{budget}'")
+    return budget or (study.demo_budget if scale == "demo" else "steps")
+
+
+def study_dir(study: Study, scale: str, budget: str = "") -> str:
+    """Where a study's runs go under the scale's directory: its name, with the budget when it is not the study's
+    own (``recursion_depth-time``: the recursion sweep at equal wall time)."""
+    b = budget_of(study, scale, budget)
+    return study.name if scale != "demo" or b == study.demo_budget else f"{study.name}-{b}"
+
+
+def run_preset(base: str, scale: str) -> str:
+    """The preset `trm train` starts from: the study's base, or at demo scale its task's demo preset."""
+    return demo_preset(base) if scale == "demo" else base
+
+
+def resolved_config(exp: Experiment, base: str = BASE_PRESET, scale: str = "full", extra: list[str] = (),
+                    budget: str = "steps", study_base: str = "") -> dict:
     """The full config dict the run will use (what `trm study export` writes)."""
-    cfg = from_dict(parse_overrides(resolve(exp, base, scale, extra), base_dict(base))).to_dict()
+    overrides = resolve(exp, base, scale, extra, budget, study_base)
+    cfg = from_dict(parse_overrides(overrides, base_dict(run_preset(base, scale)))).to_dict()
     cfg["name"] = exp.id
     return cfg
 

@@ -56,6 +56,11 @@ class Task:
     lower_is_better = False    # True for a loss
     test_time = False          # evaluate() / solve() take a halting rule and test-time compute (Sudoku, Maze)
     writes_files = False       # evaluate() writes files into out_dir (ARC: submission.json, pictures)
+    # What seed 004's data-scaling study varies, per task: the config keys that set the number of training puzzles,
+    # and the most augmented views a puzzle has beyond itself (None: unbounded, as Sudoku's relabelings).
+    train_size_keys: tuple = ()
+    max_augmentations: int | None = None
+    demo_preset = ""           # the CPU preset `trm study run --scale demo` runs this task's studies on
 
     # ----------------------------------------------------------------------------------------------- required
     def build_data(self, data_cfg, data_root: str | Path) -> Path:

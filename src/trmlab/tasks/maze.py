@@ -67,6 +67,9 @@ def read_maze(text_or_file: str):
 
 class MazeTask(PuzzleTask):
     name = "maze"
+    train_size_keys = ("data.n_train",)
+    max_augmentations = 7      # the 8 dihedral views of a square maze
+    demo_preset = "maze"
 
     @property
     def data_config(self):

@@ -13,6 +13,9 @@ from trmlab.tasks.puzzle import PuzzleTask
 
 class SudokuTask(PuzzleTask):
     name = "sudoku"
+    # generated data counts n_train; a CSV/HF source keeps subsample_size of its puzzles (the paper's flag)
+    train_size_keys = ("data.n_train", "data.subsample_size")
+    demo_preset = "sudoku"
 
     @property
     def data_config(self):
