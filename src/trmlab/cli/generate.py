@@ -83,11 +83,11 @@ def generate(args):
         return
     print(result["text"])
     print("---")
-    how = f"{args.cache} KV cache" if result["cache"] else "no cache (context recomputed per token)"
+    how = (f"{args.cache} KV cache, {_size(g.cache_bytes)}" if cached else "no cache: context recomputed per token")
     steps = (f"; supervision steps per token {result['steps_per_token']:.2f} of {n_sup}"
              f"{' (ACT halting)' if halt else ''}" if recursive else "")
     print(f"{cfg.model.arch}: {len(g.tokens)} tokens in {g.prefill_s + g.decode_s:.2f} s = {g.tokens_per_s:.1f} "
-          f"tokens/s on {device} ({how}, {_size(g.cache_bytes)}); {mem_kind} {mem:.0f} MB{steps}")
+          f"tokens/s on {device} ({how}); {mem_kind} {mem:.0f} MB{steps}")
 
 
 def _size(n_bytes: int) -> str:
