@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from trmlab.config import load_config
 from trmlab.recursion import Carry, StepOutput
 from trmlab.tasks import get_task
-from trmlab.train.losses import log_stablemax, token_losses
+from trmlab.train.losses import log_stablemax, prediction_stats, token_losses
 
 
 def stablemax_by_hand(row: list[float]) -> list[float]:
@@ -61,3 +61,23 @@ def test_the_halting_loss_is_weighted_bce_of_q_against_exact_correctness():
     no_act = load_config("sudoku", ["model.halting=none", "train.loss=softmax"])
     loss, _, metrics = task.losses(*puzzle_step(q.detach(), [True, False]), no_act)
     torch.testing.assert_close(loss, metrics["token_loss"])  # without ACT there is no halting term
+
+
+def test_softmax_token_loss_is_the_per_sample_mean_cross_entropy_of_the_labelled_tokens():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 7, 11), torch.randint(1, 11, (3, 7))
+    labels[1, :4] = 0  # ignored
+    got = token_losses(logits, labels, "softmax", ignore_index=0)
+    for b in range(3):
+        keep = labels[b] != 0
+        want = F.cross_entropy(logits[b][keep], labels[b][keep])
+        assert got[b].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_prediction_stats_count_a_hit_where_the_label_is_the_first_maximum():
+    logits = torch.tensor([[[0.0, 2.0, 2.0], [5.0, 1.0, 1.0], [float("nan"), 0.0, 1.0], [0.0, 0.0, 3.0]]])
+    labels = torch.tensor([[2, 0, 2, 2]])  # a tie lost to an earlier index, a hit, NaN wins, a hit
+    n_hit, n_valid, exact = prediction_stats(logits, labels, ignore_index=-1)
+    assert (n_hit.item(), n_valid.item(), exact.item()) == (2, 4, False)
+    n_hit, n_valid, exact = prediction_stats(logits[:, [1, 3]], labels[:, [1, 3]], ignore_index=-1)
+    assert (n_hit.item(), exact.item()) == (2, True)

@@ -35,7 +35,9 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor, kind: str = "softma
 def prediction_stats(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 0):
     """(cell-correct count [B], labelled count [B], whole-sequence exactly right [B])."""
     valid = labels != ignore_index
-    hit = (logits.argmax(-1) == labels) & valid
+    # max(-1).indices is argmax (first maximum, NaN included) at a fifth of its time on CPU: 2 vs 10 ms per
+    # plain-GPT step at [2048, 1728]
+    hit = (logits.max(-1).indices == labels) & valid
     n_hit, n_valid = hit.sum(-1), valid.sum(-1)
     return n_hit, n_valid, n_hit == n_valid
 
