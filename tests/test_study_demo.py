@@ -166,7 +166,13 @@ def test_report_averages_seeds_and_ranks_experiments_by_their_mean(seeded_study)
     rep = build_report(seeded_study)
     md = (seeded_study / "report" / "report.md").read_text()
     assert "Best experiment by exact_acc (higher is better, mean over seeds): w128 (0.52 ± 0.02, 3 seeds)" in md
-    assert "## Experiments (mean ± sd over seeds)" in md
+    assert "## Experiments (mean ± sd over seeds)" in md and "no clear winner" not in md  # 0.52 vs 0.42 ± 0.02
+    # w64's mean (0.35 ± 0.48) against w32's (0.12 ± 0.02): a lead inside the spread is called no winner
+    from trmlab.studies.report import _best_line
+    from trmlab.studies.report import Report as _R
+    two = df[df["exp_id"].isin(["w32", "w64"])]
+    assert "Its lead over w32" in _best_line(_R(seeded_study, two, [])) and "no clear winner" in \
+        _best_line(_R(seeded_study, two, []))
     fit = rep.fits["params"]["score"]
     assert fit.n == 12  # every seed is a point of the fit, so its uncertainty includes the seeds' spread
 

@@ -114,10 +114,15 @@ def _best_line(rep) -> str:
         return f"No best run by {metric_name(done)}: all {len(scores)} runs score {scores.iloc[0]:.4g}."
     m = experiment_means(done[done["score"].notna()], ["score"])
     if m["seeds"].max() > 1:  # with seeds, an experiment wins on its mean, not on its luckiest seed
-        i = m["score"].idxmin() if lower_is_better(done) else m["score"].idxmax()
+        ranked = m.sort_values("score", ascending=lower_is_better(done))
+        best, line = ranked.iloc[0], ""
+        if len(ranked) > 1:  # a lead smaller than the seeds' spread is not a winner
+            runner = ranked.iloc[1]
+            if abs(best["score"] - runner["score"]) < max(best["score_sd"], runner["score_sd"]):
+                line = (f" Its lead over {runner['exp_id']} ({runner['score']:.4g} ± {runner['score_sd']:.2g}) is "
+                        "smaller than the spread over seeds: no clear winner.")
         return (f"Best experiment by {metric_name(done)} ({direction(lower_is_better(done))}, mean over seeds): "
-                f"{m.loc[i, 'exp_id']} ({m.loc[i, 'score']:.4g} ± {m.loc[i, 'score_sd']:.2g}, "
-                f"{m.loc[i, 'seeds']} seeds).")
+                f"{best['exp_id']} ({best['score']:.4g} ± {best['score_sd']:.2g}, {best['seeds']} seeds).{line}")
     return (f"Best run by {metric_name(done)} ({direction(lower_is_better(done))}): {best['exp_id']} "
             f"({float(best['score']):.4g}).")
 
@@ -127,7 +132,8 @@ def halting_table(done: pd.DataFrame) -> pd.DataFrame:
     need = {"exact_acc", "exact_acc_act", "mean_steps_act", "n_sup_inference"}
     if not need <= set(done.columns):
         return pd.DataFrame()
-    t = done[["exp_id", "n_sup_inference", "exact_acc", "exact_acc_act", "mean_steps_act"]].copy()
+    t = done[[c for c in ("exp_id", "train.seed", "n_sup_inference", "exact_acc", "exact_acc_act", "mean_steps_act")
+              if c in done]].copy()
     t["compute_saved"] = 1 - t["mean_steps_act"] / t["n_sup_inference"]
     return t.round(4)
 
