@@ -160,6 +160,9 @@ def test_report_averages_seeds_and_ranks_experiments_by_their_mean(seeded_study)
     from trmlab.studies.report import build_report, experiment_table
     df, _ = gather(seeded_study)
     assert sorted(df["exp_id"].unique()) == ["w128", "w256", "w32", "w64"] and len(df) == 12
+    from trmlab.studies.results import curves
+    runs = curves(seeded_study)  # training curves: one colour and one legend entry per experiment, not per seed
+    assert sorted(runs["exp_id"].unique()) == ["w128", "w256", "w32", "w64"] and runs["run"].nunique() == 12
     table = experiment_table(df[df.status == "done"]).set_index("exp_id")
     assert table.loc["w128", "seeds"] == 3 and table.loc["w128", "exact_acc"] == "0.520 ± 0.020"
     assert table.loc["w128", "model.n_embd"] == 128  # what the experiment set, as set (not a mean)

@@ -228,6 +228,11 @@ def _inline(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
+def _wide(table_html: str) -> str:
+    """A table that scrolls sideways inside the page instead of running off its edge."""
+    return f"<div class='wide'>{table_html}</div>"
+
+
 def render_html(rep: Report, info: dict, root: Path) -> str:
     """One file: the plots are embedded as base64 PNG, so the report can be mailed or archived alone."""
     esc = html.escape
@@ -235,7 +240,7 @@ def render_html(rep: Report, info: dict, root: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
              "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "img{max-width:100%}.problem{color:#a00}</style></head><body>",
+             "img{max-width:100%}.problem{color:#a00}.wide{overflow-x:auto}</style></head><body>",
              f"<h1>Study report: {esc(title)}</h1>"]
     if info.get("question"):
         parts.append(f"<p><em>{esc(info['question'])}</em></p>")
@@ -245,9 +250,9 @@ def render_html(rep: Report, info: dict, root: Path) -> str:
                      + "</ul>")
     et = experiment_table(rep.done) if len(rep.table) else pd.DataFrame()
     if len(et) and et["seeds"].max() > 1:
-        parts += ["<h2>Experiments (mean ± sd over seeds)</h2>", et.to_html(index=False, escape=True)]
+        parts += ["<h2>Experiments (mean ± sd over seeds)</h2>", _wide(et.to_html(index=False, escape=True))]
     if len(rep.table):
-        parts += ["<h2>Runs</h2>", run_table(rep.table).to_html(index=False, escape=True)]
+        parts += ["<h2>Runs</h2>", _wide(run_table(rep.table).to_html(index=False, escape=True))]
     if rep.fits:
         parts.append("<h2>Scaling-law fits: y = a - b &middot; x<sup>-c</sup></h2><ul>"
                      + "".join(f"<li>{esc(ln)}</li>" for ln in _fit_lines(rep)) + "</ul>")
@@ -255,7 +260,7 @@ def render_html(rep: Report, info: dict, root: Path) -> str:
     if len(ht):
         parts += ["<h2>Adaptive halting at inference</h2>",
                   "<p>compute_saved = 1 - mean_steps_act / N_sup (ACT answers at the first step its Q-head says halt)"
-                  "</p>", ht.to_html(index=False)]
+                  "</p>", _wide(ht.to_html(index=False))]
     for fig in rep.figures:
         if fig.path:
             data = base64.b64encode(fig.path.read_bytes()).decode()

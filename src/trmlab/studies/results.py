@@ -208,7 +208,7 @@ def curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
         records, _ = read_metrics(d / "metrics.jsonl")
         train = [r for r in records if "eval" not in r and "step" in r]
         if train:
-            frames.append(pd.DataFrame(train).assign(run=rel, exp_id=d.name))
+            frames.append(pd.DataFrame(train).assign(run=rel, exp_id=experiment_of(d.name)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
