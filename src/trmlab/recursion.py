@@ -33,8 +33,9 @@ class StepOutput:
 
 
 def recursion(core: nn.Module, x, y, z, n_loops: int):
+    xy = x + y  # the n latent updates all inject the same x + y: add it once, not n times
     for _ in range(n_loops):
-        z = core(z, x + y)
+        z = core(z, xy)
     y = core(y, z)
     return y, z
 
