@@ -91,7 +91,7 @@ def _select(patterns: list[str]):
                            f"{', '.join(s.name for s in specs.STUDIES)} (ids: `trm study list`)")
         selection += chosen
         by_name.update({s.name: s for s, _ in chosen})
-    if not selection:
+    if not selection:  # a study file whose grid lists no values
         raise TrmError(f"nothing selected by {' '.join(patterns)}; see `trm study list`")
     return selection, by_name
 

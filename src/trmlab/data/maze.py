@@ -166,6 +166,8 @@ def check_path(input_grid: np.ndarray, predicted_grid: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+MAX_AUGMENTATIONS = 7  # extra views of a maze beyond itself: the square's 8 symmetries, less the identity
+
 # dihedral augmentation: the 8 symmetries of the square (k = 0..3 rotations, 4..7 transpose then rotate)
 
 def dihedral(grid: np.ndarray, k: int) -> np.ndarray:
@@ -448,8 +450,9 @@ class MazeDataConfig:
             raise TrmError(f"data.n_train must be a positive integer, got {self.n_train!r}")
         if not isinstance(self.n_test, int) or self.n_test < 0:
             raise TrmError(f"data.n_test must be an integer >= 0, got {self.n_test!r}")
-        if not isinstance(self.num_aug, int) or not 0 <= self.num_aug <= 7:
-            raise TrmError(f"data.num_aug must be in 0..7 (7 = all 8 dihedral views), got {self.num_aug!r}")
+        if not isinstance(self.num_aug, int) or not 0 <= self.num_aug <= MAX_AUGMENTATIONS:
+            raise TrmError(f"data.num_aug must be in 0..{MAX_AUGMENTATIONS} ({MAX_AUGMENTATIONS} = all "
+                           f"{MAX_AUGMENTATIONS + 1} dihedral views), got {self.num_aug!r}")
         if not isinstance(self.seed, int):
             raise TrmError(f"data.seed must be an integer, got {self.seed!r}")
         self.source = absolute_source(self.source)

@@ -25,6 +25,8 @@ import yaml
 
 from trmlab.config import ModelConfig, TrainConfig
 from trmlab.eval.flops import inference_flops, step_flops
+from trmlab.studies.runner import SEED_SUFFIX
+from trmlab.studies.specs import flatten
 
 MARKERS = ("config.yaml", "summary.json", "error.json", "metrics.jsonl", "rl_config.json")
 SKIP_PARTS = {"checkpoints", "best", "logs", "submitit", "report"}
@@ -38,17 +40,7 @@ def find_runs(root: str | Path) -> list[Path]:
 
 def experiment_of(run_name: str) -> str:
     """The experiment a run belongs to: ``exp02a_03-seed2`` is seed 2 of exp02a_03 (`trm study run --seeds`)."""
-    return re.sub(r"-seed\d+$", "", run_name)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+    return re.sub(re.escape(SEED_SUFFIX) + r"\d+$", "", run_name)
 
 
 def read_metrics(path: Path) -> tuple[list[dict], int]:
@@ -138,7 +130,7 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, list[str]]:
         cfg = read_config(run_dir)
         if cfg is not None:
             row["task"] = cfg.get("task")
-            row.update(_flatten({k: cfg.get(k) for k in ("model", "train", "data", "rl")}))
+            row.update(flatten({k: cfg.get(k) for k in ("model", "train", "data", "rl")}))
     except (OSError, ValueError, yaml.YAMLError):
         problems.append(f"{row['run']}: config.yaml is corrupt")
     records, bad = read_metrics(run_dir / "metrics.jsonl")

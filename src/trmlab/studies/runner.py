@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trmlab.errors import TrmError
-from trmlab.studies.specs import DEMO_MINUTES, DEMO_STEP_FRACTION, Experiment, Study, budget_of, resolve, run_preset, study_dir
+from trmlab.studies.specs import (DEMO_MINUTES, DEMO_STEP_FRACTION, Experiment, Study, budget_of, resolve,
+                                  run_preset, step_flops_of, study_dir)
 
 SEED_SUFFIX = "-seed"   # <exp_id>-seed<k>: the run of seed k > 0 (seed 0 keeps the plain id)
 
@@ -149,19 +150,24 @@ def run_plan(p: RunPlan, env: dict | None = None) -> tuple[int, str]:
         return 0, f"{p.exp_id}: finished, but its summary.json is unreadable"
 
 
-def prebuild_data(plans: list[RunPlan], data_root: str, echo=print):
-    """Build each distinct dataset once before parallel runs, so two processes never write the same one."""
-    from trmlab.cli.train import train_arguments  # the same parser `trm train` uses
+def config_of(p: RunPlan):
+    """The Config a planned run's `trm train` command loads (parsed by the parser `trm train` uses)."""
+    from trmlab.cli.train import train_arguments
     from trmlab.config import load_config
-    from trmlab.tasks import get_task
     parser = argparse.ArgumentParser()
     train_arguments(parser)
+    args = parser.parse_args(p.argv[4:])
+    return load_config(args.preset, args.overrides)
+
+
+def prebuild_data(plans: list[RunPlan], data_root: str, echo=print):
+    """Build each distinct dataset once before parallel runs, so two processes never write the same one."""
+    from trmlab.tasks import get_task
     seen = set()
     for p in plans:
         if not p.runnable:
             continue
-        args = parser.parse_args(p.argv[4:])
-        cfg = load_config(args.preset, args.overrides)
+        cfg = config_of(p)
         key = (cfg.task, repr(cfg.data))
         if key in seen:
             continue
@@ -189,20 +195,10 @@ EVAL_FRACTION = 0.1     # evaluation and data loading on top of training, measur
 
 def _run_seconds(p: RunPlan) -> float:
     """Estimated wall time of one planned run: its time budget, or its steps x its step's FLOPs at the rate above."""
-    import torch
-
-    from trmlab.api import build_model
-    from trmlab.cli.train import train_arguments
-    from trmlab.config import load_config
-    from trmlab.eval.flops import model_flops
-    parser = argparse.ArgumentParser()
-    train_arguments(parser)
-    cfg = load_config(*(lambda a: (a.preset, a.overrides))(parser.parse_args(p.argv[4:])))
+    cfg = config_of(p)
     if cfg.train.time_budget_s:
         return cfg.train.time_budget_s * (1 + EVAL_FRACTION)
-    with torch.device("meta"):   # shapes only: no memory, no initialisation
-        model = build_model(cfg)
-    return cfg.train.steps * model_flops(cfg, model)["flops_per_step"] / FLOPS_PER_PROCESS * (1 + EVAL_FRACTION)
+    return cfg.train.steps * step_flops_of(cfg) / FLOPS_PER_PROCESS * (1 + EVAL_FRACTION)
 
 
 def estimate(plans: list[RunPlan], jobs: int) -> str:

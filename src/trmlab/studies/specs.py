@@ -314,22 +314,21 @@ RATIO_KEYS = ("model.n_embd", "train.batch_size", "train.lr", "train.puzzle_emb_
               "train.steps", "train.warmup_steps")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict | None, prefix: str = "") -> dict:
+    """A nested config dict as dotted keys: {"model": {"n_embd": 96}} -> {"model.n_embd": 96}."""
     out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    for k, v in (d or {}).items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
     return out
 
 
 def demo_preset(base: str) -> str:
     """The preset --scale demo runs ``base``'s task on (TrmError for a task without one)."""
-    from trmlab.tasks import get_task
-    task = base_dict(base).get("task", "?")
-    preset = getattr(get_task(task), "demo_preset", "")
-    if not preset:
-        raise TrmError(f"--scale demo is defined for the Sudoku and maze studies; base {base} is task '{task}' "
+    task = _task(base_dict(base))
+    if not task.demo_preset:
+        raise TrmError(f"--scale demo is defined for the Sudoku and maze studies; base {base} is task '{task.name}' "
                        f"(use --scale tiny or full)")
-    return preset
+    return task.demo_preset
 
 
 def _task(d: dict):
@@ -350,8 +349,8 @@ def demo_overrides(exp: Experiment, study_base: str, target: str = "", budget: s
         raise TrmError(f"--budget must be one of {', '.join(BUDGETS)}, got '{budget}'")
     full = base_dict(study_base)
     fam = base_dict(demo_preset(target or study_base))
-    mine = _flat(from_dict(parse_overrides(absolute(exp.overrides, full), full)).to_dict())
-    ref, task, flat_fam = _flat(full), _task(fam), _flat(fam)
+    mine = flatten(from_dict(parse_overrides(absolute(exp.overrides, full), full)).to_dict())
+    ref, task, flat_fam = flatten(full), _task(fam), flatten(fam)
     size_keys = _task(full).train_size_keys
     # what the experiment sets, also where it equals its base (exp02a_03's n_loops=6 is the paper's, not the demo's)
     named = {p for item in exp.overrides for p in _resolve_key(item.partition("=")[0], full)}
@@ -384,17 +383,21 @@ def demo_overrides(exp: Experiment, study_base: str, target: str = "", budget: s
     return out + ["train.eval_interval=0", "train.eval_samples=0"]
 
 
-def _step_flops(preset: dict, overrides: list[str]) -> float:
-    """Training FLOPs of one optimizer step of ``preset`` with ``overrides`` (the project's FLOP model; the model
-    is built on the meta device: shapes only)."""
+def step_flops_of(cfg) -> float:
+    """Training FLOPs of one optimizer step of ``cfg`` (a Config), by the project's FLOP model; the model is built
+    on the meta device (shapes only: no memory, no initialisation)."""
     import torch
 
     from trmlab.api import build_model
     from trmlab.eval.flops import model_flops
-    cfg = from_dict(parse_overrides(overrides, preset))
     with torch.device("meta"):
         model = build_model(cfg)
     return model_flops(cfg, model)["flops_per_step"]
+
+
+def _step_flops(preset: dict, overrides: list[str]) -> float:
+    """`step_flops_of` the config ``preset`` (a dict) with ``overrides``."""
+    return step_flops_of(from_dict(parse_overrides(overrides, preset)))
 
 
 def _demo_aug(value: int, base_value: int, demo_value: int, most: int | None) -> int:

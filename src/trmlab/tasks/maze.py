@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trmlab.data.maze import MAX_AUGMENTATIONS
 from trmlab.errors import TrmError
 from trmlab.tasks.base import SolveResult
 from trmlab.tasks.puzzle import PuzzleTask
@@ -68,7 +69,7 @@ def read_maze(text_or_file: str):
 class MazeTask(PuzzleTask):
     name = "maze"
     train_size_keys = ("data.n_train",)
-    max_augmentations = 7      # the 8 dihedral views of a square maze
+    max_augmentations = MAX_AUGMENTATIONS      # the 8 dihedral views of a square maze, less the maze itself
     demo_preset = "maze"
 
     @property
