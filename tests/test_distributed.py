@@ -250,3 +250,19 @@ def test_compiled_training_equals_eager(tmp_path, data_root, mode):
             assert hasattr(trainer.model.core.blocks[0].forward, "_torchdynamo_orig_callable")
         trainer.fit()
     assert_close(weights(tmp_path / "cFalse"), weights(tmp_path / "cTrue"), atol=1e-4)
+
+
+def test_compile_auto_compiles_only_runs_long_enough_to_pay_for_it():
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+
+    def train(*over):
+        return load_config("sudoku", list(over)).train
+
+    assert distributed.wants_compile(train("train.steps=200"), cpu)
+    assert not distributed.wants_compile(train("train.steps=199"), cpu)
+    assert not distributed.wants_compile(train("train.steps=100000", "train.time_budget_s=60"), cpu)  # a short demo
+    assert distributed.wants_compile(train("train.steps=100000", "train.time_budget_s=480"), cpu)
+    assert not distributed.wants_compile(train("train.steps=5000"), mps)
+    assert distributed.wants_compile(train("train.steps=3", "train.compile=true"), cpu)
+    assert not distributed.wants_compile(train("train.steps=5000", "train.compile=false"), cpu)
+    assert train("train.compile=False").compile == "false"  # configs saved when compile was a bool still load

@@ -184,9 +184,9 @@ def test_gptconfig_round_trip():
     assert cfg.train.supervision_weight_base == 3.0 and cfg.model.activation_fn == "relu2"
 
 
-SEED_000 = {"moderate": (3.0, 0.5, 0.002, 0.02, 2, True, 200),
-            "aggressive": (5.0, 1.0, 0.001, 0.01, 2, True, 200),
-            "extreme": (10.0, 2.0, 0.0005, 0.005, 1, False, 500)}
+SEED_000 = {"moderate": (3.0, 0.5, 0.002, 0.02, 2, "true", 200),
+            "aggressive": (5.0, 1.0, 0.001, 0.01, 2, "true", 200),
+            "extreme": (10.0, 2.0, 0.0005, 0.005, 1, "false", 500)}
 SEED_000_KEYS = ("supervision_weight_base", "improvement_reward_scale", "lr", "embedding_lr", "batch_size",
                  "compile", "steps")
 

@@ -164,7 +164,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     dtype: str = choice("float32", ("float32", "bfloat16", "float16"), "autocast dtype (float16: no loss scaling)")
-    compile: bool = False
+    compile: str = choice("auto", ("auto", "true", "false"),
+                          "torch.compile the core's blocks; auto: for runs of >= 200 steps on CPU or CUDA")
     activation_checkpointing: bool = False  # recompute the core's blocks in backward (grad recursion only)
     fsdp: bool = False               # FSDP2: shard params/grads/optimizer over processes (torchrun)
     threads: int = 0                 # torch CPU threads; 0 = torch default
@@ -283,6 +284,8 @@ def _coerce(value, tp, key: str):
         if tp is str:
             if isinstance(value, (list, dict)):  # str() would make "['a']" a run name or a data source
                 raise ValueError
+            if isinstance(value, bool):  # YAML's `compile: false` (and configs saved when it was a bool)
+                return str(value).lower()
             return "" if value is None else str(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: int("1e400"), an infinity
         raise TrmError(f"{key}: expected {_type_name(tp)}, got {value!r}") from None

@@ -15,8 +15,31 @@ from trmlab.nn.attention import Attention, KVCache, Rotary
 from trmlab.nn.mlp import SequenceMixer, feed_forward
 
 
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: two passes forward, three back. Autograd through the composite
+    F.rms_norm (what the CPU runs) records five ops and saves their inputs; this saves only the output and 1/rms."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        xf = x.float() if x.element_size() < 4 else x  # bf16/fp16 are normalised in fp32
+        rstd = torch.rsqrt(torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square() / x.shape[-1] + eps)
+        y = xf * rstd
+        ctx.save_for_backward(y, rstd)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, rstd = ctx.saved_tensors
+        g = grad.to(y.dtype)
+        # d/dx of x / rms(x): (g - y * mean(g * y)) / rms
+        mean_gy = torch.linalg.vecdot(g, y, dim=-1).unsqueeze(-1) / y.shape[-1]
+        return (torch.addcmul(g, y, mean_gy, value=-1) * rstd).to(grad.dtype), None
+
+
 def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """RMSNorm without a learnable scale, as the paper (computed in fp32 for stability under autocast)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RMSNorm.apply(x, eps)
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 

@@ -265,7 +265,9 @@ class Bench:
         return r
 
     def case(self, preset: str, extra: list[str] = (), **flags) -> dict:
-        return {"preset": preset, "overrides": [*self.args.overrides, *extra], "warmup": self.args.warmup,
+        # eager unless a case asks for compile (the presets' long runs would otherwise compile under auto)
+        return {"preset": preset, "overrides": ["train.compile=false", *self.args.overrides, *extra],
+                "warmup": self.args.warmup,
                 "steps": self.args.steps, "data_root": self.args.data_root, **flags}
 
     def preset(self, name: str):

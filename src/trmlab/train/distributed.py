@@ -105,8 +105,9 @@ def prepare(model: nn.Module, ema_model: nn.Module | None, d: Dist, t, log) -> n
     the trainer runs forward passes with. Build the optimizer after this: FSDP replaces the parameters."""
     if getattr(t, "activation_checkpointing", False):
         checkpoint_blocks(model)
-    if t.compile:
-        compile_blocks(model, log)
+    if wants_compile(t, next(model.parameters()).device) and compile_blocks(model, log):
+        why = "train.compile=true" if t.compile == "true" else f"train.compile=auto: {t.steps} steps; =false to skip"
+        log(f"torch.compile: the core's {len(_blocks(model)) or 1} blocks ({why})")
     if getattr(t, "fsdp", False):
         shard(model, ema_model, d)
     return model
@@ -142,6 +143,18 @@ def checkpoint_blocks(model: nn.Module) -> int:
         if type(b) not in _CHECKPOINTED.values():
             b.__class__ = _CHECKPOINTED.setdefault(type(b), _checkpointed_class(type(b)))
     return len(blocks)
+
+
+COMPILE_MIN_STEPS = 200  # compiling costs 5-10 s on a CPU and pays back 20-30 % per step (docs/benchmarks.md)
+
+
+def wants_compile(t, device: torch.device) -> bool:
+    """train.compile: true / false, or auto: compile a run long enough to pay for it (a time budget counts as
+    long), on CPU or CUDA (MPS's inductor backend is not mature enough to be a default)."""
+    if t.compile != "auto":
+        return t.compile == "true"
+    long_run = t.steps >= COMPILE_MIN_STEPS and (t.time_budget_s == 0 or t.time_budget_s >= 120)
+    return long_run and device.type in ("cpu", "cuda")
 
 
 def compile_available(log=print) -> bool:
