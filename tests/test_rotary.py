@@ -65,3 +65,9 @@ def test_rms_norm_backward_is_the_gradient_of_its_forward():
     assert torch.autograd.gradcheck(lambda t: _RMSNorm.apply(t, 1e-5), (x,))
     y = torch.randn(4, 7, 32, requires_grad=True)
     torch.testing.assert_close(rms_norm(y), F.rms_norm(y, (32,), eps=1e-5))
+
+
+def test_compiled_rotation_takes_the_real_form_and_equals_the_complex_one():
+    torch.manual_seed(0)
+    rot, x = Rotary(8, 16), torch.randn(2, 5, 3, 8)
+    torch.testing.assert_close(torch.compile(rot)(x, 2), rot(x, 2), rtol=1e-6, atol=1e-6)

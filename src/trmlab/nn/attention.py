@@ -25,12 +25,18 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         angles = torch.outer(torch.arange(n, dtype=torch.float32), inv_freq)
         self.register_buffer("freqs", torch.polar(torch.ones_like(angles), angles), persistent=False)
+        self.register_buffer("cos", angles.cos(), persistent=False)  # the same, as reals: for compiled graphs
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """x: [B, L, heads, hd] with pairs adjacent; each pair rotated by its position's angles (from ``offset``)."""
         n = offset + x.shape[1]
         if n > self.freqs.shape[0]:
             self._build(2 * n)
+        if torch.compiler.is_compiling():  # inductor generates no complex code: the real form, which it fuses
+            a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+            cos, sin = self.cos[offset:n, None].to(x.dtype), self.sin[offset:n, None].to(x.dtype)
+            return torch.stack((a * cos - b * sin, b * cos + a * sin), -1).flatten(-2)
         pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # complex needs fp32: bf16 has none
         return torch.view_as_real(pairs * self.freqs[offset:n, None]).flatten(-2).to(x.dtype)
 
