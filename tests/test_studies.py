@@ -33,9 +33,12 @@ FAST = ["model.n_head=2", "model.n_layer=1", "model.n_loops=1", "model.T_recursi
         "model.n_sup_inference=2", "data.min_blanks=20", "data.max_blanks=25", "train.eval_samples=8"]
 
 
+SEED_004 = [s for s in specs.STUDIES if s.base == specs.BASE_PRESET]  # the project's own (looped_lm) aside
+
+
 def test_seed_004_ids_and_counts():
-    assert {s.name: len(s.experiments) for s in specs.STUDIES} == SEED_004_COUNTS
-    ids = [e.id for _, e in specs.all_experiments()]
+    assert {s.name: len(s.experiments) for s in SEED_004} == SEED_004_COUNTS
+    ids = [e.id for _, e in specs.all_experiments(SEED_004)]
     assert len(ids) == len(set(ids)) == 67
     expected = ([f"exp01{c}" for c in "abcdef"] + [f"exp02a_{i:02d}" for i in range(1, 7)]
                 + [f"exp02b_{i:02d}" for i in range(1, 6)] + [f"exp03{c}" for c in "abcde"]
@@ -83,7 +86,7 @@ def test_experiments_that_do_not_apply_to_the_base_fail_up_front(tmp_path, capsy
 
 
 def test_every_experiment_is_a_valid_config_at_both_scales():
-    for _, exp in specs.all_experiments():
+    for _, exp in specs.all_experiments(SEED_004):
         full = specs.resolved_config(exp, "sudoku-paper", "full")
         tiny = specs.resolved_config(exp, "sudoku-paper", "tiny")
         assert tiny["train"]["steps"] < full["train"]["steps"] and tiny["model"]["n_embd"] < full["model"]["n_embd"]
@@ -349,9 +352,11 @@ def test_failed_run_is_recorded_and_the_study_goes_on_under_submitit(tmp_path, m
 
 def test_export_writes_runnable_yaml(tmp_path, capsys):
     rc, out = _trm(capsys, "study", "export", "--out", str(tmp_path / "cfg"))
-    assert rc == 0 and "68 experiment configs" in out
+    assert rc == 0 and "80 experiment configs" in out  # seed 004's 67 + its baseline + looped_lm's 12
     files = sorted((tmp_path / "cfg" / "experiments").glob("*.yaml"))
-    assert len(files) == 68 and len(list((tmp_path / "cfg" / "arch").glob("*.yaml"))) == 34
+    deep = load_config(str(tmp_path / "cfg" / "experiments" / "exp20_pydoc_d128_gpt_deep.yaml"))
+    assert deep.task == "lm" and deep.model.arch == "gpt" and deep.model.n_layer == 6 and deep.data.source == "pydoc"
+    assert len(files) == 80 and len(list((tmp_path / "cfg" / "arch").glob("*.yaml"))) == 34
     cfg = load_config(str(tmp_path / "cfg" / "experiments" / "exp02a_04.yaml"))
     assert cfg.model.n_loops == 8 and cfg.name == "exp02a_04" and cfg.model.core == "mlp_mixer"
 

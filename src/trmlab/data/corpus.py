@@ -378,16 +378,28 @@ def _iter_hf(source: str, text_field: str, split: str) -> Iterator[str]:
         yield row[text_field]
 
 
+PYDOC_SOURCE = "pydoc"  # Python's own documentation: real English that ships with every Python, offline
+
+
+def pydoc_documents() -> list[str]:
+    """The help topics of ``pydoc_data.topics`` (79 documents, ~465 KB of the language reference), in key order."""
+    from pydoc_data.topics import topics
+    return [topics[k] for k in sorted(topics)]
+
+
 def iter_documents(source: str, text_field: str = "text", split: str = "train",
                    paragraphs: bool = False) -> Iterator[str]:
-    """Yield non-empty documents from a file, a directory (recursive, sorted) or a Hugging Face dataset name.
+    """Yield non-empty documents from a file, a directory (recursive, sorted), ``pydoc`` (Python's documentation
+    text, pydoc_data.topics) or a Hugging Face dataset name.
 
     .txt files give one document per file, or one per blank-line-separated paragraph with ``paragraphs``;
     .jsonl and .parquet give one per row (``text_field``). A name that is not an existing path is a HF dataset
     (``name`` or ``name:config``), streamed from ``split``.
     """
     path = Path(source).expanduser()
-    if path.exists():
+    if source == PYDOC_SOURCE:
+        docs = pydoc_documents()
+    elif path.exists():
         files = _local_files(path)
         docs = (d for f in files for d in _read_file(f, text_field, paragraphs))
     elif _looks_like_path(source):

@@ -42,7 +42,7 @@ ENCODE_CHUNK = 1024          # documents per encode_batch call (and per progress
 
 @dataclass
 class TextDataConfig:
-    source: str = "synthetic"   # "synthetic" (offline default), local file/dir, or a HF dataset name[:config]
+    source: str = "synthetic"   # "synthetic" (offline default), "pydoc", local file/dir, or a HF dataset name[:config]
     text_field: str = "text"
     split: str = "train"        # HF split name
     n_docs: int = 20000         # synthetic docs / max docs read from other sources (0 = all)
@@ -58,7 +58,7 @@ class TextDataConfig:
             raise TrmError(f"data.{field} {why}, got {getattr(self, field)!r}")
 
         if not isinstance(self.source, str) or not self.source.strip():
-            bad("source", "must be 'synthetic', a local path or a dataset name")
+            bad("source", "must be 'synthetic', 'pydoc', a local path or a dataset name")
         if not isinstance(self.text_field, str) or not self.text_field:
             bad("text_field", "must be a non-empty string")
         if not isinstance(self.n_docs, int) or self.n_docs < 0:

@@ -209,6 +209,51 @@ def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure:
     return Figure(name, title, _save(fig, out_dir, name))
 
 
+PANEL_COLUMNS = ("data.source", "model.n_embd")  # val curves: one row of panels per corpus and width studied
+
+
+def with_tokens_and_flops(evals: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """``evals`` with the tokens seen (steps x batch x context x grad_accum) and training FLOPs at each step."""
+    per_run = df.set_index("run")
+    tokens = per_run["train.batch_size"] * per_run["model.seq_len"] * per_run.get("train.grad_accum", 1)
+    e = evals.copy()
+    e["tokens"] = e["step"] * e["run"].map(tokens)
+    e["flops"] = e["step"] * e["run"].map(per_run["flops_per_step"]) if "flops_per_step" in per_run else np.nan
+    return e
+
+
+def val_curves(evals: pd.DataFrame, df: pd.DataFrame, out_dir: Path) -> Figure:
+    """Validation loss during training against tokens seen and against training FLOPs (the FLOP model's count per
+    step x steps): the mean over seeds per experiment, the seeds' range shaded; one row per corpus and width."""
+    name, title = "val_loss_curves", "validation loss vs tokens and vs training FLOPs (mean over seeds)"
+    if evals.empty or "val_loss" not in evals or evals["step"].nunique() < 2:
+        return Figure(name, title, skipped="fewer than two evaluations of val_loss during training")
+    e, per_run = with_tokens_and_flops(evals.dropna(subset=["val_loss"]), df), df.set_index("run")
+    varying = [c for c in PANEL_COLUMNS if c in per_run and per_run[c].nunique() > 1]
+    for c in varying:
+        e[c] = e["run"].map(per_run[c])
+    panels = list(e.groupby(varying, sort=True)) if varying else [((), e)]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.3 * len(panels)), squeeze=False)
+    colors = {x: f"C{i % 10}" for i, x in enumerate(dict.fromkeys(df["exp_id"]))}
+    for row, (key, g) in zip(axes, panels):
+        label = ", ".join(f"{c.split('.')[-1]} {v}" for c, v in zip(varying, key if isinstance(key, tuple) else (key,)))
+        for ax, x in zip(row, ("tokens", "flops")):
+            for exp, ge in g.groupby("exp_id", sort=False):
+                stats = ge.groupby("step").agg(x=(x, "mean"), mean=("val_loss", "mean"), lo=("val_loss", "min"),
+                                               hi=("val_loss", "max"), n=("run", "nunique"))
+                ax.plot(stats["x"], stats["mean"], color=colors[exp], lw=1.4,
+                        label=exp + (f" ({stats['n'].max()} seeds)" if stats["n"].max() > 1 else ""))
+                ax.fill_between(stats["x"], stats["lo"], stats["hi"], color=colors[exp], alpha=0.15, lw=0)
+            ax.set_xlabel("tokens seen" if x == "tokens" else "training FLOPs (estimate)")
+            ax.set_ylabel("val loss (nats/token)")
+            ax.set_title(label, fontsize=9)
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return Figure(name, title, _save(fig, out_dir, name))
+
+
 def halting(df: pd.DataFrame, out_dir: Path) -> Figure:
     """Accuracy after k fixed supervision steps (lines) and with ACT halting at its mean steps used (stars)."""
     name, title = "acc_vs_supervision_steps", "accuracy vs supervision steps used (fixed k, and ACT halting)"
@@ -233,7 +278,8 @@ def halting(df: pd.DataFrame, out_dir: Path) -> Figure:
 
 
 def study_figures(df: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path, x: str = "",
-                  fits: dict[str, dict[str, PowerLawFit]] | None = None) -> list[Figure]:
+                  fits: dict[str, dict[str, PowerLawFit]] | None = None,
+                  evals: pd.DataFrame | None = None) -> list[Figure]:
     """Every figure for one study's done runs; ``fits`` maps an x column to its fits per metric."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,4 +292,6 @@ def study_figures(df: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path, x
         figs.append(accuracy_vs(d, col, out_dir, fits.get(col)))
     figs += [pareto(d, "params", out_dir), pareto(d, "train_flops", out_dir), training_curves(curves, out_dir),
              halting(d, out_dir)]
+    if evals is not None and "val_loss" in evals:
+        figs.append(val_curves(evals, d, out_dir))
     return figs

@@ -21,7 +21,7 @@ import pandas as pd
 from trmlab.studies.fits import PowerLawFit, fit_power_law
 from trmlab.studies.plots import (Figure, direction, experiment_means, lower_is_better, metric_name, secondary_metric,
                                   study_figures)
-from trmlab.studies.results import curves, gather, write_table
+from trmlab.studies.results import curves, eval_curves, gather, write_table
 
 FIT_COLUMNS = ("params", "train_examples")  # the seed's two laws: the metric vs model size and vs data size
 
@@ -160,7 +160,8 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> Report:
     if len(done):
         rep.fits = compute_fits(done)
         run_curves = curves(root, list(done["run"]))
-        rep.figures = study_figures(done, run_curves, out / "plots", info.get("x", ""), rep.fits)
+        rep.figures = study_figures(done, run_curves, out / "plots", info.get("x", ""), rep.fits,
+                                    eval_curves(root, list(done["run"])))
     md = render_markdown(rep, info, root)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(rep, info, root))

@@ -204,6 +204,22 @@ def curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def eval_curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
+    """The evaluations during training (metrics.jsonl's ``eval`` records) as one long table: run, exp_id, step,
+    and each numeric metric (val_loss, exact_acc, ...)."""
+    root = Path(root)
+    rows = []
+    for d in find_runs(root):
+        rel = str(d.relative_to(root)) if d != root else d.name
+        if runs is not None and rel not in runs:
+            continue
+        for r in read_metrics(d / "metrics.jsonl")[0]:
+            if isinstance(r.get("eval"), dict) and "step" in r:
+                numbers = {k: v for k, v in r["eval"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                rows.append({"run": rel, "exp_id": experiment_of(d.name), "step": r["step"], **numbers})
+    return pd.DataFrame(rows)
+
+
 def write_table(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """results.csv always; results.parquet when a parquet engine is installed."""
     out_dir = Path(out_dir)

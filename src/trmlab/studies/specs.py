@@ -119,6 +119,21 @@ STUDIES: list[Study] = [
           x="train.act_exploration", arch=True),
 ]
 
+# Issue 20's looped-model comparison (Saunshi et al., arXiv 2502.17416, compare looped and deeper models at equal
+# parameters and at equal FLOPs): the 2-layer core applied 3 times (preset looped-lm) against a 6-layer GPT (equal
+# compute per token, 3x the parameters) and a 2-layer GPT (equal parameters), at two widths, on the offline
+# synthetic corpus and on real English (Python's own documentation, data.source=pydoc). Equal steps = equal tokens.
+_LOOPED_MODELS = (("looped", ()),
+                  ("gpt_deep", ("model.arch=gpt", "model.n_layer=6", "model.n_loops=1")),
+                  ("gpt_same", ("model.arch=gpt", "model.n_loops=1")))
+STUDIES.append(
+    Study("looped_lm", "Looped LM vs deeper and same-size GPTs",
+          "Does a 2-layer core looped 3 times match a 6-layer GPT (equal compute) or only a 2-layer GPT (equal "
+          "parameters), per token and per FLOP?",
+          [_exp(f"exp20_{corpus}_d{width}_{name}", f"data.source={corpus}", f"model.n_embd={width}", *over)
+           for corpus in ("synthetic", "pydoc") for width in (64, 128) for name, over in _LOOPED_MODELS],
+          base="looped-lm", x="effective_depth"))
+
 BASELINE = Experiment("baseline", (), "the paper's Sudoku-Extreme setup (preset sudoku-paper)")
 
 
