@@ -208,3 +208,16 @@ def test_report_as_a_reader_sees_it(seeded_study, tmp_path):
     colours = img.getcolors(maxcolors=1 << 16)
     # a page of plots has many grey levels; a blank page or a row of broken-image icons has a handful
     assert img.size[0] >= 1000 and colours is not None and len(colours) > 50
+
+
+def test_estimate_packs_the_longest_runs_first_into_the_free_lanes(monkeypatch):
+    from types import SimpleNamespace
+    from trmlab.studies import runner
+    plans = [SimpleNamespace(runnable=True, s=s) for s in (300, 60, 600, 300)] + [SimpleNamespace(runnable=False, s=9e9)]
+    monkeypatch.setattr(runner, "_run_seconds", lambda p: p.s)
+    # two lanes: 600 | 300 + 300, then 60 joins the first lane to free: 660 s = 11 min of wall time, 21 run-minutes
+    assert runner.estimate(plans, 2).startswith("4 runs, 2 at a time: about 11 min of wall time") \
+        and "(21 run-minutes" in runner.estimate(plans, 2)
+    assert "about 21 min of wall time" in runner.estimate(plans, 1)
+    assert "about 10 min" in runner.estimate(plans, 4)  # one run per lane: the longest decides
+    assert runner.estimate(plans[-1:], 2) == "nothing to run"
