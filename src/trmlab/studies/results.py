@@ -189,34 +189,34 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return df, problems
 
 
-def curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
-    """Training records of every run (or of ``runs``) as one long table: run, exp_id, step, loss, ..."""
+def _run_records(root: str | Path, runs: list[str] | None):
+    """(run path relative to ``root``, experiment id, metrics.jsonl records) for every run, or those in ``runs``."""
     root = Path(root)
-    frames = []
     for d in find_runs(root):
         rel = str(d.relative_to(root)) if d != root else d.name
-        if runs is not None and rel not in runs:
-            continue
-        records, _ = read_metrics(d / "metrics.jsonl")
+        if runs is None or rel in runs:
+            yield rel, experiment_of(d.name), read_metrics(d / "metrics.jsonl")[0]
+
+
+def curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
+    """Training records of every run (or of ``runs``) as one long table: run, exp_id, step, loss, ..."""
+    frames = []
+    for rel, exp, records in _run_records(root, runs):
         train = [r for r in records if "eval" not in r and "step" in r]
         if train:
-            frames.append(pd.DataFrame(train).assign(run=rel, exp_id=experiment_of(d.name)))
+            frames.append(pd.DataFrame(train).assign(run=rel, exp_id=exp))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def eval_curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame:
     """The evaluations during training (metrics.jsonl's ``eval`` records) as one long table: run, exp_id, step,
     and each numeric metric (val_loss, exact_acc, ...)."""
-    root = Path(root)
     rows = []
-    for d in find_runs(root):
-        rel = str(d.relative_to(root)) if d != root else d.name
-        if runs is not None and rel not in runs:
-            continue
-        for r in read_metrics(d / "metrics.jsonl")[0]:
+    for rel, exp, records in _run_records(root, runs):
+        for r in records:
             if isinstance(r.get("eval"), dict) and "step" in r:
                 numbers = {k: v for k, v in r["eval"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                rows.append({"run": rel, "exp_id": experiment_of(d.name), "step": r["step"], **numbers})
+                rows.append({"run": rel, "exp_id": exp, "step": r["step"], **numbers})
     return pd.DataFrame(rows)
 
 
