@@ -146,3 +146,11 @@ def test_paper_preset_matches_published_parameter_counts():
 def test_carry_type():
     model, _ = tiny_model()
     assert isinstance(model.step(sudoku_batch(1)).carry, Carry)
+
+
+def test_swiglu_hand_written_backward_is_the_gradient_of_its_forward():
+    from trmlab.nn.mlp import _SiluGate
+    h = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SiluGate.apply, (h,))
+    gate, up = h.detach().chunk(2, -1)
+    assert torch.allclose(_SiluGate.apply(h), torch.nn.functional.silu(gate) * up)

@@ -4,7 +4,7 @@ that rotates in pairwise order computes exactly what the halves convention of it
 import torch
 import torch.nn.functional as F
 
-from trmlab.nn.attention import Attention, KVCache, Rotary, pairwise_order
+from trmlab.nn.attention import Attention, KVCache, Rotary
 from trmlab.nn.block import _RMSNorm, rms_norm
 
 
@@ -22,6 +22,13 @@ def test_rotary_rotates_each_adjacent_pair_by_the_position_angle_from_the_offset
     a, b = x[..., 0::2], x[..., 1::2]
     want = torch.stack((a * ang.cos() - b * ang.sin(), b * ang.cos() + a * ang.sin()), -1).flatten(-2)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def pairwise_order(n_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order that turns each head's halves (x1 | x2) into adjacent pairs (x1[0], x2[0], x1[1], x2[1], ...)."""
+    half = head_dim // 2
+    within = torch.stack((torch.arange(half), torch.arange(half) + half), -1).flatten()
+    return (torch.arange(n_heads)[:, None] * head_dim + within).flatten()
 
 
 def test_pairwise_order_interleaves_the_halves_of_each_head():
@@ -65,9 +72,18 @@ def test_rms_norm_backward_is_the_gradient_of_its_forward():
     assert torch.autograd.gradcheck(lambda t: _RMSNorm.apply(t, 1e-5), (x,))
     y = torch.randn(4, 7, 32, requires_grad=True)
     torch.testing.assert_close(rms_norm(y), F.rms_norm(y, (32,), eps=1e-5))
+    with torch.no_grad():  # no graph: the same two-pass forward
+        torch.testing.assert_close(rms_norm(y), F.rms_norm(y, (32,), eps=1e-5))
 
 
 def test_compiled_rotation_takes_the_real_form_and_equals_the_complex_one():
     torch.manual_seed(0)
     rot, x = Rotary(8, 16), torch.randn(2, 5, 3, 8)
     torch.testing.assert_close(torch.compile(rot)(x, 2), rot(x, 2), rtol=1e-6, atol=1e-6)
+
+
+def test_the_projection_reads_its_rows_in_pairwise_order():
+    att = Attention(32, 4, n_kv_head=2, rotary=Rotary(8, 16))
+    n_qk = 6 * 8
+    assert torch.equal(att._weight()[:n_qk], att.qkv.weight[pairwise_order(6, 8)])
+    assert torch.equal(att._weight()[n_qk:], att.qkv.weight[n_qk:])

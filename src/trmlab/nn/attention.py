@@ -41,13 +41,6 @@ class Rotary(nn.Module):
         return torch.view_as_real(pairs * self.freqs[offset:n, None]).flatten(-2).to(x.dtype)
 
 
-def pairwise_order(n_heads: int, head_dim: int) -> torch.Tensor:
-    """Row order that turns each head's halves (x1 | x2) into adjacent pairs (x1[0], x2[0], x1[1], x2[1], ...)."""
-    half = head_dim // 2
-    within = torch.stack((torch.arange(half), torch.arange(half) + half), -1).flatten()
-    return (torch.arange(n_heads)[:, None] * head_dim + within).flatten()
-
-
 class KVCache:
     """Keys and values of past positions, one slot per attention layer (``layer`` ids), for incremental decoding.
 
@@ -114,19 +107,22 @@ class Attention(nn.Module):
         self.causal, self.rotary = causal, rotary
         self.qkv = nn.Linear(dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
         self.out = nn.Linear(self.n_head * self.head_dim, dim, bias=False)
-        if rotary is not None:
-            # The weights keep RoPE's halves convention (checkpoints unchanged); the projection reads its q/k rows in
-            # pairwise order, which the rotation wants. q.k is a sum over head dims: one order for q and k leaves it
-            # unchanged, so q and k are never put back; v keeps its rows.
-            qk = pairwise_order(self.n_head + self.n_kv_head, self.head_dim)
-            order = torch.cat((qk, torch.arange(len(qk), self.qkv.out_features)))
-            self.register_buffer("row_order", order, persistent=False)
+
+    def _weight(self) -> torch.Tensor:
+        """The projection's weight with its q/k rows in pairwise order, which the rotation wants (a small copy).
+        The parameter keeps RoPE's halves convention, so checkpoints are unchanged; q.k is a sum over head dims,
+        and one order for q and k leaves it unchanged, so q and k are never put back; v keeps its rows."""
+        w = self.qkv.weight
+        if self.rotary is None:
+            return w
+        n_qk = (self.n_head + self.n_kv_head) * self.head_dim
+        qk = w[:n_qk].unflatten(0, (-1, 2, self.head_dim // 2)).transpose(1, 2).flatten(0, 2)  # per head: x1[0], x2[0], x1[1], ...
+        return torch.cat((qk, w[n_qk:]))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer_id: int = 0) -> torch.Tensor:
         B, L, _ = x.shape
         nq, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        weight = self.qkv.weight if self.rotary is None else self.qkv.weight[self.row_order]  # a small copy
-        qk, v = F.linear(x, weight).split([(nq + nkv) * hd, nkv * hd], dim=-1)
+        qk, v = F.linear(x, self._weight()).split([(nq + nkv) * hd, nkv * hd], dim=-1)
         qk = qk.view(B, L, nq + nkv, hd)
         offset = cache.length(layer_id) if cache is not None else 0
         if self.rotary is not None:

@@ -21,8 +21,32 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(inner, dim, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        h = self.gate_up(x)
+        if torch.is_grad_enabled() and h.requires_grad and not torch.compiler.is_compiling():
+            return self.down(_SiluGate.apply(h))
+        gate, up = h.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+
+class _SiluGate(torch.autograd.Function):
+    """silu(gate) * up of h = [gate | up], with both halves of the gradient written into one buffer: autograd's
+    chunk would concatenate them, a whole extra pass over h (6 % of an eager Sudoku step)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        gate, up = h.chunk(2, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(gate, up, act)
+        return act * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, act = ctx.saved_tensors
+        d = grad.new_empty(*grad.shape[:-1], 2 * grad.shape[-1])
+        d_gate, d_up = d.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        torch.mul(grad, act, out=d_up)
+        return d
 
 
 class MLP(nn.Module):
