@@ -50,7 +50,7 @@ def trm_overrides(hidden, n_loops, T, batch, mlp_t) -> list[str]:
             f"model.core={'mlp_mixer' if mlp_t else 'attention'}", f"model.pos_encoding={'none' if mlp_t else 'rope'}",
             f"model.n_head={max(1, hidden // 64)}", "data.source=generate", "data.n_train=64", "data.n_test=8",
             "data.num_aug=0", "train.optimizer=adamw", "train.ema_decay=0", "train.warmup_steps=0",
-            "train.eval_interval=0", "train.ckpt_interval=0"]
+            "train.grad_clip=0", "train.eval_interval=0", "train.ckpt_interval=0"]  # the official code does not clip
 
 
 def gpt_overrides(layers, heads, width, ctx, vocab, batch) -> list[str]:
@@ -98,6 +98,7 @@ def nanogpt_step(src: str, layers, heads, width, ctx, vocab, batch):
         _, loss = m(x, y)
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)  # nanoGPT's train.py clips at 1.0, as trmlab's GPT does
         opt.step()
     return step
 
