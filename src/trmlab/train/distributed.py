@@ -106,7 +106,8 @@ def prepare(model: nn.Module, ema_model: nn.Module | None, d: Dist, t, log) -> n
     if getattr(t, "activation_checkpointing", False):
         checkpoint_blocks(model)
     if wants_compile(t, next(model.parameters()).device) and compile_blocks(model, log):
-        why = "train.compile=true" if t.compile == "true" else f"train.compile=auto: {t.steps} steps; =false to skip"
+        run = f"a {t.time_budget_s:g} s budget" if t.time_budget_s else f"{t.steps} steps"
+        why = "train.compile=true" if t.compile == "true" else f"train.compile=auto: {run}; =false to skip"
         log(f"torch.compile: the core's {len(_blocks(model)) or 1} blocks ({why})")
     if getattr(t, "fsdp", False):
         shard(model, ema_model, d)
