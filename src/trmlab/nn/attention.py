@@ -116,7 +116,8 @@ class Attention(nn.Module):
         if self.rotary is None:
             return w
         n_qk = (self.n_head + self.n_kv_head) * self.head_dim
-        qk = w[:n_qk].unflatten(0, (-1, 2, self.head_dim // 2)).transpose(1, 2).flatten(0, 2)  # per head: x1[0], x2[0], x1[1], ...
+        # per head, rows x1[0], x2[0], x1[1], x2[1], ...: the halves interleaved
+        qk = w[:n_qk].unflatten(0, (-1, 2, self.head_dim // 2)).transpose(1, 2).flatten(0, 2)
         return torch.cat((qk, w[n_qk:]))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer_id: int = 0) -> torch.Tensor:

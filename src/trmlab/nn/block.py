@@ -15,17 +15,21 @@ from trmlab.nn.attention import Attention, KVCache, Rotary
 from trmlab.nn.mlp import SequenceMixer, feed_forward
 
 
+def _normalised(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / rms(x), 1 / rms(x)) in two passes; bf16/fp16 are normalised in fp32."""
+    xf = x.float() if x.element_size() < 4 else x
+    rstd = torch.rsqrt(torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square() / x.shape[-1] + eps)
+    return xf * rstd, rstd
+
+
 class _RMSNorm(torch.autograd.Function):
     """RMSNorm with a hand-written backward: two passes forward, three back. Autograd through the composite
     F.rms_norm (what the CPU runs) records five ops and saves their inputs; this saves only the output and 1/rms."""
 
     @staticmethod
     def forward(ctx, x, eps):
-        xf = x.float() if x.element_size() < 4 else x  # bf16/fp16 are normalised in fp32
-        rstd = torch.rsqrt(torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square() / x.shape[-1] + eps)
-        y = xf * rstd
-        if ctx is not None:
-            ctx.save_for_backward(y, rstd)
+        y, rstd = _normalised(x, eps)
+        ctx.save_for_backward(y, rstd)
         return y.to(x.dtype)
 
     @staticmethod
@@ -43,7 +47,7 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
         return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
     if torch.is_grad_enabled() and x.requires_grad:
         return _RMSNorm.apply(x, eps)
-    return _RMSNorm.forward(None, x, eps)  # no graph: the same two passes (F.rms_norm's composite takes five)
+    return _normalised(x, eps)[0].to(x.dtype)  # no graph: the same two passes (F.rms_norm's composite takes five)
 
 
 class Block(nn.Module):

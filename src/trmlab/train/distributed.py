@@ -146,7 +146,7 @@ def checkpoint_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
-COMPILE_MIN_STEPS = 200  # compiling costs 5-10 s on a CPU and pays back 20-30 % per step (docs/benchmarks.md)
+COMPILE_MIN_STEPS = 200  # compiling costs 5-10 s on a CPU and saves 5-30 % per step (docs/benchmarks.md)
 
 
 def wants_compile(t, device: torch.device) -> bool:
