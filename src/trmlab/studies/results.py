@@ -215,7 +215,8 @@ def eval_curves(root: str | Path, runs: list[str] | None = None) -> pd.DataFrame
     for rel, exp, records in _run_records(root, runs):
         for r in records:
             if isinstance(r.get("eval"), dict) and "step" in r:
-                numbers = {k: v for k, v in r["eval"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                numbers = {k: v for k, v in r["eval"].items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 rows.append({"run": rel, "exp_id": exp, "step": r["step"], **numbers})
     return pd.DataFrame(rows)
 

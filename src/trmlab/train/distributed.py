@@ -105,10 +105,10 @@ def prepare(model: nn.Module, ema_model: nn.Module | None, d: Dist, t, log) -> n
     the trainer runs forward passes with. Build the optimizer after this: FSDP replaces the parameters."""
     if getattr(t, "activation_checkpointing", False):
         checkpoint_blocks(model)
-    if wants_compile(t, next(model.parameters()).device) and compile_blocks(model, log):
+    if wants_compile(t, next(model.parameters()).device) and (n := compile_blocks(model, log)):
         run = f"a {t.time_budget_s:g} s budget" if t.time_budget_s else f"{t.steps} steps"
         why = "train.compile=true" if t.compile == "true" else f"train.compile=auto: {run}; =false to skip"
-        log(f"torch.compile: the core's {len(_blocks(model)) or 1} blocks ({why})")
+        log(f"torch.compile: the core's {n} blocks ({why})")
     if getattr(t, "fsdp", False):
         shard(model, ema_model, d)
     return model
@@ -171,20 +171,21 @@ def compile_available(log=print) -> bool:
         return False
 
 
-def compile_blocks(model: nn.Module, log=print) -> bool:
+def compile_blocks(model: nn.Module, log=print) -> int:
     """torch.compile the forward of each core block (names and state dicts unchanged). The recursion loop stays
     in Python: the blocks are where the FLOPs are, a block graph compiles in seconds (a whole unrolled recursion
     would take minutes), and the engine's call counter (``ReasoningCore.n_calls``) stays exact. Only ``forward``
-    is compiled, so module hooks (FSDP2's all-gathers) run eagerly around it."""
+    is compiled, so module hooks (FSDP2's all-gathers) run eagerly around it. Returns how many forwards were
+    compiled (0: this platform cannot compile, and training runs eager)."""
     blocks = _blocks(model) or [model]
     if not compile_available(log):
-        return False
+        return 0
     # One graph per block instance, grad mode and shape: a core of many blocks must not hit the recompile limit.
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, 4 * len(blocks) + 8)
     for b in blocks:
         b.forward = torch.compile(b.forward)
-    return True
+    return len(blocks)
 
 
 def shard(model: nn.Module, ema_model: nn.Module | None, d: Dist):

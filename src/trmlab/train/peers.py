@@ -37,13 +37,6 @@ def _timed(step, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def _trmlab_trainer(preset: str, overrides: list[str]):
-    from trmlab.config import load_config
-    from trmlab.train.trainer import Trainer
-    tmp = tempfile.mkdtemp(prefix="trm-peers-")
-    return Trainer(load_config(preset, overrides), f"{tmp}/run", data_root=f"{tmp}/data", quiet=True)
-
-
 def trm_overrides(hidden, n_loops, T, batch, mlp_t) -> list[str]:
     """The official script's shape in trmlab terms (sudoku-paper: 2 layers, SwiGLU x4, 16-token puzzle prefix)."""
     return [f"model.n_embd={hidden}", f"model.n_loops={n_loops}", f"model.T_recursion={T}", f"train.batch_size={batch}",
@@ -108,16 +101,19 @@ def run_peer_case(case: dict) -> dict:
     import torch
     torch.manual_seed(0)
     side, shape, compiled = case["side"], case["shape"], case.get("compile", False)
+    warmup = 2 if compiled else 1
     if side == "official":
-        step = official_trm_step(case["src"], *shape)
-    elif side == "nanogpt":
-        step = nanogpt_step(case["src"], *shape)
-    else:
-        preset, over = ("sudoku-paper", trm_overrides(*shape)) if side == "trmlab" else \
-            ("gpt-baseline", gpt_overrides(*shape))
-        step = _trmlab_trainer(preset, over + [f"train.compile={'true' if compiled else 'false'}"]).train_step
-    seconds = _timed(step, 2 if compiled else 1, case["steps"])
-    return {"ms": 1000 * seconds}
+        return {"ms": 1000 * _timed(official_trm_step(case["src"], *shape), warmup, case["steps"])}
+    if side == "nanogpt":
+        return {"ms": 1000 * _timed(nanogpt_step(case["src"], *shape), warmup, case["steps"])}
+    from trmlab.config import load_config
+    from trmlab.train.trainer import Trainer
+    preset, over = (("sudoku-paper", trm_overrides(*shape)) if side == "trmlab"
+                    else ("gpt-baseline", gpt_overrides(*shape)))
+    cfg = load_config(preset, over + [f"train.compile={'true' if compiled else 'false'}"])
+    with tempfile.TemporaryDirectory(prefix="trm-peers-") as tmp:  # its run and data go when the case ends
+        trainer = Trainer(cfg, f"{tmp}/run", data_root=f"{tmp}/data", quiet=True)
+        return {"ms": 1000 * _timed(trainer.train_step, warmup, case["steps"])}
 
 
 def _measure(case: dict) -> float:
