@@ -117,6 +117,17 @@ def test_grpo_latent_mode_logs_and_is_reproducible(phase2, tmp_path):
     with pytest.raises(TrmError, match="holds another run"):
         run_grpo(cfg, rl, run_dir, run_dir, data_root, log=lambda m: None)
     assert (run_dir / "config.yaml").read_text() == before and (run_dir / "metrics.jsonl").exists()
+    # a finished RL run is replaced only with overwrite, and only while it holds nothing a run does not write
+    with pytest.raises(TrmError, match="finished RL run; pass --overwrite"):
+        run_grpo(cfg, rl, a, run_dir, data_root, log=lambda m: None)
+    (a / "notes.txt").write_text("mine")
+    with pytest.raises(TrmError, match="not a trmlab run"):
+        run_grpo(cfg, rl, a, run_dir, data_root, log=lambda m: None, overwrite=True)
+    assert (a / "notes.txt").read_text() == "mine" and (a / "summary.json").exists()
+    (a / "notes.txt").unlink()
+    (a / "model" / "stale.bin").write_text("old")
+    run_grpo(cfg, rl, a, run_dir, data_root, log=lambda m: None, overwrite=True)
+    assert not (a / "model" / "stale.bin").exists() and json.loads((a / "summary.json").read_text())["eval"]
 
 
 def test_cli_latent_data_and_train(phase2, capsys):

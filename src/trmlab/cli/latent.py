@@ -123,7 +123,9 @@ def _rl(args):
         raise TrmError(f"trm latent rl in mode=latent takes a phase-2 run directory (trm latent train ... first), "
                        f"not {args.preset!r}; or set rl.mode=nothink / think")
     name = args.name or f"{cfg.name or preset_dict(args.preset).get('name', 'latent')}-rl"
-    s = run_grpo(cfg, rl, Path(args.runs_dir) / name, phase2, args.data_root)
+    if args.resume:
+        print("trm latent rl: GRPO keeps no mid-run checkpoint; an unfinished attempt restarts at step 0")
+    s = run_grpo(cfg, rl, Path(args.runs_dir) / name, phase2, args.data_root, overwrite=args.overwrite)
     print(f"{Path(args.runs_dir) / name}: GRPO {s['mode']}, seed {s['seed']}, {s['steps']} steps, "
           f"{s['step_time_s']:.2f} s/step ({s['s_per_step']:.2f} with the evaluations)")
     print(f"training reward (sampled accuracy): first {s['reward_window']} steps {s['reward_first']:.3f} -> last "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from trmlab.config import RLConfig, save_config
 from trmlab.errors import TrmError
 from trmlab.llm.checker import safe_check
 from trmlab.train.loggers import MetricsLog, write_summary
+from trmlab.train.run_dir import check_is_run, check_place
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, unbiased: bool = True
@@ -213,8 +215,10 @@ class RunLog(TrainerCallback):
 
 # ------------------------------------------------------------------------------------------- the run
 def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | None = None,
-             data_root: str | Path = "data", log=print) -> dict:
-    """GRPO on ``cfg``'s latent-pairs problems into ``run_dir``; returns the summary (also in summary.json)."""
+             data_root: str | Path = "data", log=print, overwrite: bool = False) -> dict:
+    """GRPO on ``cfg``'s latent-pairs problems into ``run_dir``; returns the summary (also in summary.json).
+
+    ``overwrite`` replaces a finished RL run there (a trmlab run only, deleted once data and model are ready)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
@@ -224,7 +228,7 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     from trmlab.tasks import get_task
 
     run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
+    replaces = _check_run_dir(run_dir, overwrite)
     phase2_run = phase2_run or rl.phase2_run or None
     task = get_task("latent")
     data = task.prepare(cfg, data_root)
@@ -235,6 +239,9 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     checker = load_checker(d.checker)
     max_len = rl.max_completion_length or d.max_answer_tokens + (d.max_think_tokens if rl.mode == "think" else 0)
     injector = _injector(cfg, data, phase2_run, task, fmt, problems) if rl.mode == "latent" else None
+    if replaces:
+        check_is_run(run_dir)   # again: loading the LLM may have taken a while
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)   # an unfinished earlier attempt: start its log afresh
     run_cfg = copy.deepcopy(cfg)   # the phase-2 config (its shapes filled by prepare) + what GRPO ran with
@@ -298,8 +305,11 @@ def _summary(run_dir: Path, rl: RLConfig, history: list[dict], train_time: float
     return summary
 
 
-def _check_run_dir(run_dir: Path):
-    """A GRPO run goes into a fresh directory or an unfinished GRPO attempt, never over another run's files."""
+def _check_run_dir(run_dir: Path, overwrite: bool = False) -> bool:
+    """A GRPO run goes into a fresh directory or an unfinished GRPO attempt (TRL keeps no mid-run checkpoint, so
+    it restarts at step 0), never over another run's files; a finished one only with ``overwrite``. Returns
+    whether the directory is to be replaced."""
+    check_place(run_dir, "run directory")
     config = run_dir / "config.yaml"
     try:
         ours = not config.exists() or "rl" in (yaml.safe_load(config.read_text()) or {})
@@ -307,5 +317,10 @@ def _check_run_dir(run_dir: Path):
         ours = False
     if not ours:
         raise TrmError(f"{run_dir} holds another run (its config.yaml has no rl section); choose another --name")
-    if (run_dir / "summary.json").exists():
-        raise TrmError(f"{run_dir} already holds a finished RL run; choose another --name")
+    if not (run_dir / "summary.json").exists():
+        return False
+    if not overwrite:
+        raise TrmError(f"{run_dir} already holds a finished RL run; pass --overwrite to replace it, or choose "
+                       f"another --name")
+    check_is_run(run_dir)
+    return True

@@ -20,6 +20,7 @@ RUN_ENTRIES = RUN_MARKERS | {
     "submission.json", "arc_scores.json", "pictures",     # ARC: the evaluation's files
     "halting.json",                                       # `trm eval --calibrate-halting`
     "tensorboard", "wandb",                               # train.logger
+    "model", "trl",                                       # `trm latent rl`: the tuned LLM, TRL's output_dir
 }
 
 
