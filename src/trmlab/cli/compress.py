@@ -82,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "--model, where its `trm train` built the data (its tokenizer)")
     d.add_argument("--tokenizer", default=None, help="trmlab run as --model: an explicit tokenizer.json")
     d.add_argument("--text_source", default="auto",
-                   help="auto | fineweb-edu | synthetic | local .txt/.jsonl/.parquet file or directory | HF dataset "
-                        "name. auto = fineweb-edu for 1a when online, else the offline synthetic corpus; for 1b "
+                   help="auto | fineweb-edu | synthetic | pydoc (Python's documentation, offline) | local "
+                        ".txt/.jsonl/.parquet file or directory | HF dataset name. auto = fineweb-edu for 1a when online, else the offline synthetic corpus; for 1b "
                         "the synthetic <think> arithmetic corpus")
     d.add_argument("--text_field", default="text", help="text column of a JSONL/parquet/HF dataset source")
     d.add_argument("--dtype", default="bf16", help="storage dtype of extracted hidden states: fp32 | bf16 | fp16")

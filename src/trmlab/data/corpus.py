@@ -387,6 +387,12 @@ def pydoc_documents() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
+def pydoc_paragraphs(min_chars: int = 200) -> list[str]:
+    """The paragraphs of ``pydoc_data.topics`` longer than ``min_chars`` (783 at 200), in key order: short prose
+    samples for phase-1 extraction, where a whole topic would be cut at max_seq_length anyway."""
+    return [p.strip() for doc in pydoc_documents() for p in doc.split("\n\n") if len(p.strip()) > min_chars]
+
+
 def iter_documents(source: str, text_field: str = "text", split: str = "train",
                    paragraphs: bool = False) -> Iterator[str]:
     """Yield non-empty documents from a file, a directory (recursive, sorted), ``pydoc`` (Python's documentation

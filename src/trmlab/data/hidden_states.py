@@ -29,7 +29,8 @@ Text sources
 ------------
 ``iter_texts(source, stage)``: stage ``1a`` is a general corpus — ``fineweb-edu`` (= ``HuggingFaceFW/fineweb-edu``,
 needs network), a local file/directory (.txt/.jsonl/.parquet, see ``trmlab.data.corpus``), any HF dataset name, or
-``synthetic`` (the project's offline synthetic corpus). Stage ``1b`` is thinking / chain-of-thought text — a dataset
+``synthetic`` (the project's offline synthetic corpus) or ``pydoc`` (real English offline: the paragraphs of Python's
+own documentation, ``pydoc_data.topics``, longer than 200 characters). Stage ``1b`` is thinking / chain-of-thought text — a dataset
 or local JSONL with a text field, or ``synthetic`` = ``synthetic-cot``: offline arithmetic problems whose worked
 steps are wrapped in ``<think>...</think>`` (a stand-in for real CoT trajectories, good for tests and smoke runs).
 ``auto`` picks fineweb-edu for 1a when the hub is reachable, otherwise (and always for 1b) the synthetic corpus,
@@ -50,6 +51,7 @@ from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 import torch
 
 from trmlab.atomic import save_safetensors, write_json
+from trmlab.data.corpus import PYDOC_SOURCE, pydoc_paragraphs
 from trmlab.errors import TrmError
 
 FORMAT = "trmlab.hidden_states/1"
@@ -216,6 +218,8 @@ def iter_texts(source: str, stage: str = "1a", text_field: str = "text", num_sam
         if n is None:
             raise TrmError("the synthetic corpora need num_samples")
         docs: Iterable[str] = generate_cot_corpus(n, seed) if src == "synthetic-cot" else _general_synthetic(n, seed)
+    elif src == PYDOC_SOURCE:
+        docs = pydoc_paragraphs()
     else:
         if not Path(src).expanduser().exists():
             if src.startswith(("/", ".", "~")) or src.endswith((".txt", ".jsonl", ".json", ".parquet")):
