@@ -282,3 +282,17 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_text(tmp_path):
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfhello")
     assert list(iter_documents(str(tmp_path / "bom.jsonl"))) == ["first", "second"]
     assert list(iter_documents(str(tmp_path / "bom.txt"))) == ["hello"]
+
+
+def test_pydoc_text_source_gives_long_paragraphs_of_pythons_documentation():
+    from pydoc_data.topics import topics
+
+    from trmlab.data.hidden_states import iter_texts
+    texts = list(iter_texts("pydoc", "1a", num_samples=40, log=lambda m: None))
+    assert len(texts) == 40 and len(set(texts)) == 40
+    assert all(len(t) > 200 and t == t.strip() for t in texts)
+    first_topic = topics[sorted(topics)[0]]
+    assert texts[0] in first_topic                      # in key order, each a paragraph of its topic
+    assert all(any(t in doc for doc in topics.values()) for t in texts)
+    assert len(list(iter_texts("pydoc", "1a", num_samples=10_000, log=lambda m: None))) == len(
+        corpus.pydoc_paragraphs())                      # the source ends where the documentation does
