@@ -43,7 +43,7 @@ def evaluate_arguments(p):
     p.add_argument("--puzzles", metavar="FILE", help="score every puzzle of a file instead, no dataset built: Sudoku "
                                                      "CSV or text (one puzzle a line), Maze-Hard CSV, ARC task JSON, "
                                                      "folder or ARC Prize challenges file")
-    from trmlab.eval.test_time import add_arguments as test_time_arguments
+    from trmlab.cli.test_time import add_arguments as test_time_arguments
     test_time_arguments(p)
 
 
@@ -51,7 +51,7 @@ def evaluate(args):
     import torch
 
     from trmlab.api import load
-    from trmlab.eval.test_time import options_from_args
+    from trmlab.cli.test_time import options_from_args
     from trmlab.tasks import get_task
     check_flags(args, "n_sup", "max_samples", "threads")
     options = options_from_args(args)  # bad test-time options are refused before anything loads
@@ -89,7 +89,7 @@ def evaluate(args):
 
 def _halting(args, model, cfg, task, train_split) -> dict:
     """{"halt_rule": the run's rule} for a task whose evaluation scores halting with one (Sudoku, Maze), else {}."""
-    from trmlab.eval.test_time import halt_rule_from_args
+    from trmlab.cli.test_time import halt_rule_from_args
     if not task.test_time:
         return {}
     return {"halt_rule": halt_rule_from_args(args, model, cfg, train_split, run_of(args.checkpoint))}
@@ -98,7 +98,7 @@ def _halting(args, model, cfg, task, train_split) -> dict:
 def _halting_curve(args, model, cfg, task, data):
     """`trm eval --halting-curve PNG`: every halting rule on the split, as a table and a plot (eval/halting.py)."""
     from trmlab.eval.halting import plot_curve, split_curve
-    from trmlab.eval.test_time import halting_curve_lines
+    from trmlab.cli.test_time import halting_curve_lines
     calibrated = _halting(args, model, cfg, task, data.splits.get("train")).get("halt_rule")
     rows = split_curve(model, data.splits[args.split], cfg.model.n_sup_inference, max_samples=args.max_samples,
                        calibrated=calibrated)
@@ -114,7 +114,8 @@ def _halting_curve(args, model, cfg, task, data):
 
 def _evaluate_test_time(args, model, cfg, task, options):
     """`trm eval` with --samples / --views (eval/test_time.py): one result line of accuracy and compute."""
-    from trmlab.eval.test_time import evaluate_test_time, format_result, halt_rule_from_args
+    from trmlab.cli.test_time import format_result, halt_rule_from_args
+    from trmlab.eval.test_time import evaluate_test_time
     from trmlab.eval.views import VIEW_TASKS
     if cfg.task not in VIEW_TASKS:
         raise TrmError(f"--samples / --views: test-time compute is for {' and '.join(VIEW_TASKS)} runs; "

@@ -14,13 +14,13 @@ def solve_arguments(p):
     p.add_argument("--out", default="", help="where to write pictures (ARC, Maze)")
     data_root(p, help="where the run's dataset was built (ARC: finds a task's "
                                                         "trained views and puzzle ids, by file name or content)")
-    from trmlab.eval.test_time import add_arguments as test_time_arguments
+    from trmlab.cli.test_time import add_arguments as test_time_arguments
     test_time_arguments(p, solve=True)
 
 
 def solve(args):
     from trmlab.api import load
-    from trmlab.eval.test_time import halt_rule_from_args, options_from_args
+    from trmlab.cli.test_time import halt_rule_from_args, options_from_args
     from trmlab.tasks import get_task
     check_flags(args, "n_sup")
     options = options_from_args(args)
