@@ -370,6 +370,49 @@ def test_stage_1b_starts_from_1a_final(phase1, capsys):
     assert again["mse"] == pytest.approx(export["metrics"]["mse"], rel=1e-6)
 
 
+def test_stage_1b_on_the_models_own_thinking_traces(phase1, tmp_path, monkeypatch):
+    from trmlab.llm import traces
+    from trmlab.llm.problems import is_heldout
+    from trmlab.llm.sources import load_hidden_state_source
+    import shutil
+    out, _ = phase1
+    root = tmp_path / "data"
+
+    def stage_1b(where):   # from phase1's stage-1a compressor, which 1b finds in its --output_dir
+        shutil.copytree(out / "stage1a_final", where / "stage1a_final")
+        argv = [a for a in TINY if a not in ("--text_source", "synthetic")]
+        return compress.run(_args(*argv, "--data_root", str(root), "--stage", "1b", "--text_source", "self",
+                                  "--trace_tokens", "6", "--output_dir", str(where)))
+    assert stage_1b(tmp_path / "o") == 0
+    (cache,) = [p for p in (root / "hidden_states").iterdir() if p.is_dir()]
+    rows = [json.loads(x) for x in (root / "hidden_states" / f"traces-{cache.name}.jsonl").read_text().splitlines()]
+    assert len(rows) == 24
+    for r in rows:   # the model's prompt, the opened <think> block, then what it wrote itself
+        assert r["question"].startswith(traces.SYNTHETIC_INSTRUCTION)
+        assert not is_heldout(r["question"][len(traces.SYNTHETIC_INSTRUCTION):])   # training problems only
+        assert r["text"] == f"Question: {r['question']}\n<think>\n" + r["trace"] and r["trace"]
+    # the cache holds those texts' states: sample 0 is the traced text run through the same model
+    src = load_hidden_state_source("tiny-random", max_seq_length=24, device="cpu")
+    ids, mask = src.encode([rows[0]["text"]])
+    want = src.hidden_states(ids, mask, -1)[0][mask[0].bool()]
+    got, got_mask = HiddenStateCache(cache).get([0])
+    assert torch.allclose(got[0][got_mask[0].bool()], want, atol=1e-5)
+    # a rerun re-extracts from the traces on disk: the model is not asked to think again
+    monkeypatch.setattr(traces, "write_traces", lambda *a, **k: pytest.fail("traces written twice"))
+    shutil.rmtree(cache)
+    assert stage_1b(tmp_path / "o2") == 0 and read_manifest(cache)["num_samples"] == 24
+
+
+def test_self_traces_need_a_model_that_writes_text():
+    from trmlab.llm.problems import Problem
+    from trmlab.llm.traces import write_traces
+
+    class StatesOnly:
+        name, model, tokenizer = "runs/lm", object(), object()
+    with pytest.raises(TrmError, match="needs an LLM that writes text"):
+        write_traces(StatesOnly(), [Problem("1+1", "", "2")], Path("unused.jsonl"), 4)
+
+
 def test_stage_1b_without_1a_fails_clearly(tmp_path):
     with pytest.raises(TrmError, match="stage 1a final checkpoint"):
         compress.run(_cli(tmp_path / "x", tmp_path / "data", "--stage", "1b"))

@@ -42,9 +42,10 @@ FLAG_KEYS = {"d_compressed": "data.d_compressed", "num_epochs": "train.epochs", 
              "keep_checkpoints": "train.keep_checkpoints", "log_every": "train.log_interval",
              "weight_decay": "train.weight_decay", "lr_schedule": "train.schedule",
              "warmup_steps": "train.warmup_steps", "bias": "data.bias", "pca_max_tokens": "data.pca_max_tokens",
-             "threads": "train.threads"}
+             "threads": "train.threads", "trace_problems": "data.trace_problems",
+             "trace_tokens": "data.trace_tokens"}
 POSITIVE = ("d_compressed", "batch_size", "num_epochs", "num_samples", "max_seq_length", "shard_size", "eval_every",
-            "save_every", "log_every", "pca_max_tokens")
+            "save_every", "log_every", "pca_max_tokens", "trace_tokens")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -82,9 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "--model, where its `trm train` built the data (its tokenizer)")
     d.add_argument("--tokenizer", default=None, help="trmlab run as --model: an explicit tokenizer.json")
     d.add_argument("--text_source", default="auto",
-                   help="auto | fineweb-edu | synthetic | pydoc (Python's documentation, offline) | local "
-                        ".txt/.jsonl/.parquet file or directory | HF dataset name. auto = fineweb-edu for 1a when online, else the offline synthetic corpus; for 1b "
-                        "the synthetic <think> arithmetic corpus")
+                   help="auto | fineweb-edu | synthetic | pydoc (Python's documentation, offline) | self (1b: "
+                        "the model's own thinking traces on --trace_problems) | local .txt/.jsonl/.parquet file or "
+                        "directory | HF dataset name. auto = fineweb-edu for 1a when online, else the offline "
+                        "synthetic corpus; for 1b the synthetic <think> arithmetic corpus")
+    d.add_argument("--trace_problems", default="synthetic",
+                   help="--text_source self: the problems the model thinks about: synthetic (the project's offline "
+                        "arithmetic) or a problem file / dataset with a question field")
+    d.add_argument("--trace_tokens", type=int, default=128,
+                   help="--text_source self: the most tokens the model writes per trace")
     d.add_argument("--text_field", default="text", help="text column of a JSONL/parquet/HF dataset source")
     d.add_argument("--dtype", default="bf16", help="storage dtype of extracted hidden states: fp32 | bf16 | fp16")
     d.add_argument("--cache_dir", default=None, help="hidden-state cache root (default DATA_ROOT/hidden_states)")

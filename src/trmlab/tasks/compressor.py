@@ -30,6 +30,7 @@ from trmlab.data.hidden_states import (TINY_RANDOM, HiddenStateCache, cache_key,
                                        read_manifest, resolve_text_source)
 from trmlab.errors import TrmError, first_line
 from trmlab.llm.pretrained import gguf_config, gguf_path, is_gguf, llm_dims
+from trmlab.llm.traces import SELF_SOURCE
 from trmlab.llm.sources import check_hf_path, find_source_loader, load_hidden_state_source
 from trmlab.models.compressor import (METRIC_NAMES, PCA, CovarianceAccumulator, DimensionCompressor,
                                       ReconstructionMetrics, load_checked)
@@ -51,7 +52,7 @@ class CompressorDataConfig:
     layer: int = -1              # index into the hidden-state tuple: 0 = embeddings, -1 = what the LM head reads
     max_seq_length: int = 512
     dtype: str = "bf16"          # storage dtype of the cache: fp32 | bf16 | fp16
-    text_source: str = "auto"    # auto | fineweb-edu | synthetic | local file or directory | HF dataset name
+    text_source: str = "auto"    # auto | fineweb-edu | synthetic | pydoc | self | local file or dir | HF dataset
     text_field: str = "text"
     num_samples: int = 50000     # texts extracted (training + held-out)
     shard_size: int = 64         # sequences per cache shard
@@ -65,11 +66,13 @@ class CompressorDataConfig:
     bias: bool = False           # encoder/decoder biases (params D'*D + D' + D)
     center: bool = True          # subtract the training mean (a buffer, not a parameter), as PCA does
     init_from: str = ""          # stage 1b: the stage-1a compressor (an export, checkpoint or run directory)
+    trace_problems: str = "synthetic"   # text_source self: the problems the LLM thinks about (llm/traces.py)
+    trace_tokens: int = 128      # text_source self: the most tokens the LLM writes per trace
     d_model: int = 0             # D, filled from the hidden states
 
     def __post_init__(self):
         for name in ("max_seq_length", "num_samples", "shard_size", "extract_batch_size", "pca_max_tokens",
-                     "d_compressed"):
+                     "d_compressed", "trace_tokens"):
             if getattr(self, name) < 1:
                 raise TrmError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_samples < 2:
@@ -173,6 +176,8 @@ class CompressorTask(Task):
                   "shard_size": d.shard_size}
         if text_source.startswith("synthetic"):
             config["seed"] = d.seed
+        if text_source == SELF_SOURCE:   # the LLM's own traces: what it thought about, and for how long
+            config.update(seed=d.seed, trace_problems=d.trace_problems, trace_tokens=d.trace_tokens)
         probed = None
         if d.llm != TINY_RANDOM and find_source_loader(d.llm) is not None:
             # a trmlab run: probing is cheap, and the key must name the exact weights (a retrained run under the
@@ -221,16 +226,22 @@ class CompressorTask(Task):
         if source.startswith("synthetic"):
             log(f"text source: the offline SYNTHETIC {'chain-of-thought' if source == 'synthetic-cot' else 'general'}"
                 f" corpus, a stand-in for {'real thinking trajectories' if d.stage == '1b' else 'fineweb-edu'}")
-        texts = iter_texts(source, d.stage, d.text_field, d.num_samples, d.seed, log=log)
-        log(f"hidden states: {d.llm} layer {d.layer} over up to {d.num_samples} texts from {source} -> {path} "
-            f"({d.dtype}, {dist.world_size} process{'es' if dist.world_size > 1 else ''})")
         device = dist.device if dist.world_size > 1 else pick_device()
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d.dtype) if device.type == "cuda" else None
+
+        def load():
+            return load_hidden_state_source(d.llm, max_seq_length=d.max_seq_length, device=device,
+                                            torch_dtype=torch_dtype, **source_options(d, data_root))
         t0 = time.perf_counter()
+        if source == SELF_SOURCE:
+            texts, loaded = self._traces(d, path, load, dist, log, progress)
+            load = (lambda: loaded) if loaded is not None else load   # the model that wrote them: load it once
+        else:
+            texts = iter_texts(source, d.stage, d.text_field, d.num_samples, d.seed, log=log)
+        log(f"hidden states: {d.llm} layer {d.layer} over up to {d.num_samples} texts from {source} -> {path} "
+            f"({d.dtype}, {dist.world_size} process{'es' if dist.world_size > 1 else ''})")
         summary = extract_hidden_states(
-            lambda: load_hidden_state_source(d.llm, max_seq_length=d.max_seq_length, device=device,
-                                             torch_dtype=torch_dtype, **source_options(d, data_root)),
-            texts, path, layer=d.layer, batch_size=d.extract_batch_size, shard_size=d.shard_size, dtype=d.dtype,
+            load, texts, path, layer=d.layer, batch_size=d.extract_batch_size, shard_size=d.shard_size, dtype=d.dtype,
             num_samples=d.num_samples, config=config, progress=progress and dist.is_main, process_index=dist.rank,
             num_processes=dist.world_size, finalize=False)
         distributed.barrier(dist)
@@ -246,6 +257,21 @@ class CompressorTask(Task):
             log(f"hidden states: {timing['tokens']:,} tokens in {secs:.1f}s = {timing['tokens_per_s']:,.0f} "
                 f"tokens/s (model load included)")
         distributed.barrier(dist)
+
+    @staticmethod
+    def _traces(d, path: Path, load, dist, log, progress: bool) -> tuple[list[str], object]:
+        """``text_source self``: the LLM's own thinking traces, written once by the main process
+        (``llm/traces.py``); returns them and the source loaded to write them (None when they were on disk)."""
+        from trmlab.llm.traces import read_traces, trace_problems, write_traces
+        file = path.parent / f"traces-{path.name}.jsonl"
+        texts, loaded = read_traces(file, d.num_samples), None
+        if texts is None and dist.is_main:
+            problems = trace_problems(d.trace_problems, d.num_samples, d.seed)   # a bad source fails before loading
+            loaded = load()
+            texts = write_traces(loaded, problems, file, d.trace_tokens, d.extract_batch_size,
+                                 progress and dist.is_main, log)
+        distributed.barrier(dist)
+        return (texts if texts is not None else read_traces(file, d.num_samples)), loaded
 
     @staticmethod
     def split(d: CompressorDataConfig, n: int) -> int:
