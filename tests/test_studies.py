@@ -145,7 +145,9 @@ def test_fit_recovers_known_parameters():
 
 @pytest.mark.parametrize("x,y,why", [([1e5, 1e6, 1e7], [0.1, 0.5, 0.7], "at least 4"),
                                      ([1e5, 1e6, 1e7, 1e8], [0.3] * 4, "same"),
-                                     ([1e5, 1e5, 1e6, 1e6], [0.1, 0.2, 0.5, 0.6], "distinct")])
+                                     ([1e5, 1e5, 1e6, 1e6], [0.1, 0.2, 0.5, 0.6], "distinct"),
+                                     # a step (one point up, the rest at 0): the exponent runs to its bound
+                                     ([2, 4, 6, 8, 10, 12], [0.014, 0, 0, 0, 0, 0], "bound")])
 def test_fit_says_when_it_is_not_meaningful(x, y, why):
     fit = fit_power_law(x, y)
     assert not fit.meaningful and why in fit.verdict and "not meaningful" in fit.describe()

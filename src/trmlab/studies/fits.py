@@ -14,6 +14,7 @@ import numpy as np
 from scipy.optimize import curve_fit
 
 MIN_POINTS = 4  # 3 parameters: at least one degree of freedom left to judge the fit
+C_BOUNDS = (1e-4, 10.0)  # the exponent's search range; a fit that ends on either edge found a step, not a law
 
 
 @dataclass
@@ -63,8 +64,8 @@ def fit_power_law(x, y) -> PowerLawFit:
     xs = x / x0
     p0 = (float(np.max(y)) + 0.01, float(np.ptp(y)) + 1e-3, 0.5)
     try:
-        (a, bs, c), pcov = curve_fit(power_law, xs, y, p0=p0, bounds=([-np.inf, -np.inf, 1e-4], [np.inf, np.inf, 10]),
-                                     maxfev=20000)
+        (a, bs, c), pcov = curve_fit(power_law, xs, y, p0=p0, maxfev=20000,
+                                     bounds=([-np.inf, -np.inf, C_BOUNDS[0]], [np.inf, np.inf, C_BOUNDS[1]]))
     except (RuntimeError, ValueError) as e:
         out.verdict = f"the fit did not converge ({str(e).splitlines()[0][:80]})"
         return out
@@ -79,11 +80,15 @@ def fit_power_law(x, y) -> PowerLawFit:
                             for v in (pcov[0, 0], pcov[2, 2]))
     out.b_err = math.sqrt(var_b) if np.isfinite(var_b) and var_b >= 0 else math.inf
     out.r2 = 1 - float(np.sum(resid ** 2)) / ss_tot
+    at_bound = min(abs(out.c - C_BOUNDS[0]), abs(out.c - C_BOUNDS[1])) < 1e-3 * out.c
     if not all(np.isfinite([out.a_err, out.b_err, out.c_err])):
         out.verdict = "parameters are not identifiable (infinite uncertainty)"
     elif out.c_err > out.c or out.b_err > abs(out.b):
         out.verdict = (f"b = {out.b:.3g} ± {out.b_err:.2g}, c = {out.c:.3g} ± {out.c_err:.2g}: "
                        "these points do not determine the curve")
+    elif at_bound:
+        out.verdict = (f"the exponent ends at its bound (c = {out.c:.3g}): the metric jumps between two levels, "
+                       "it does not follow a power law")
     elif out.r2 < 0.5:
         out.verdict = f"poor fit (R² = {out.r2:.2f})"
     else:
