@@ -83,12 +83,12 @@ def fit_power_law(x, y) -> PowerLawFit:
     at_bound = min(abs(out.c - C_BOUNDS[0]), abs(out.c - C_BOUNDS[1])) < 1e-3 * out.c
     if not all(np.isfinite([out.a_err, out.b_err, out.c_err])):
         out.verdict = "parameters are not identifiable (infinite uncertainty)"
-    elif out.c_err > out.c or out.b_err > abs(out.b):
-        out.verdict = (f"b = {out.b:.3g} ± {out.b_err:.2g}, c = {out.c:.3g} ± {out.c_err:.2g}: "
-                       "these points do not determine the curve")
     elif at_bound:
-        out.verdict = (f"the exponent ends at its bound (c = {out.c:.3g}): the metric jumps between two levels, "
-                       "it does not follow a power law")
+        shape = "jumps between two levels" if out.c > 1 else "changes as a logarithm would"
+        out.verdict = f"the exponent ends at its bound (c = {out.c:.3g}): the metric {shape}, not as a power law"
+    elif out.c_err > out.c or out.b_err > abs(out.b) or out.a_err > abs(out.a):
+        out.verdict = (f"a = {out.a:.3g} ± {out.a_err:.2g}, b = {out.b:.3g} ± {out.b_err:.2g}, c = {out.c:.3g} ± "
+                       f"{out.c_err:.2g}: these points do not determine the curve")
     elif out.r2 < 0.5:
         out.verdict = f"poor fit (R² = {out.r2:.2f})"
     else:
