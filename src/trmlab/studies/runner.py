@@ -9,6 +9,7 @@ and the study goes on. Runs execute here (``--jobs N`` processes at a time) or g
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -187,18 +188,39 @@ def _child_env(study: str, jobs: int) -> dict:
     return env
 
 
-# Seconds per FLOP of one single-threaded training process, from the demo preset's step on the project's 2-core
-# machine (24.5 GFLOP by the FLOP model in 0.32 s); a dry run's wall-time estimate scales every run by its FLOPs.
-FLOPS_PER_PROCESS = 7.6e10
+# A training step's FLOP rate (by the FLOP model) over the single-thread fp32 matmul rate of the same machine, for
+# the demo preset on one thread: 0.40 on the 2-core Xeon (76 of 192 GFLOP/s), 0.58 on the 2-core AMD EPYC (35 of
+# 60). Machines differ 3x in matmul speed, far more than in this ratio, so the estimate measures the matmul here.
+MATMUL_EFFICIENCY = 0.5
 EVAL_FRACTION = 0.1     # evaluation and data loading on top of training, measured on the same runs
 
 
+@functools.cache
+def process_rate() -> float:
+    """FLOP/s one single-threaded training process gets on this machine: its measured single-thread fp32 matmul
+    rate (0.2 s of 512 x 512 products) x MATMUL_EFFICIENCY."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(512, 512)
+        a @ a
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < 0.2:
+            a @ a
+            n += 1
+    finally:
+        torch.set_num_threads(threads)
+    return MATMUL_EFFICIENCY * n * 2 * 512 ** 3 / elapsed
+
+
 def _run_seconds(p: RunPlan) -> float:
-    """Estimated wall time of one planned run: its time budget, or its steps x its step's FLOPs at the rate above."""
+    """Estimated wall time of one planned run: its time budget, or its steps x its step's FLOPs at this machine's
+    rate."""
     cfg = config_of(p)
     if cfg.train.time_budget_s:
         return cfg.train.time_budget_s * (1 + EVAL_FRACTION)
-    return cfg.train.steps * step_flops_of(cfg) / FLOPS_PER_PROCESS * (1 + EVAL_FRACTION)
+    return cfg.train.steps * step_flops_of(cfg) / process_rate() * (1 + EVAL_FRACTION)
 
 
 def estimate(plans: list[RunPlan], jobs: int) -> str:
@@ -214,8 +236,8 @@ def estimate(plans: list[RunPlan], jobs: int) -> str:
     for t in secs:   # greedy: each run to the lane that frees first
         lanes[lanes.index(min(lanes))] += t
     return (f"{len(todo)} runs, {jobs} at a time: about {max(lanes) / 60:.0f} min of wall time on this machine "
-            f"({sum(secs) / 60:.0f} run-minutes; estimated from the FLOP model at {FLOPS_PER_PROCESS / 1e9:.0f} "
-            f"GFLOP/s per single-threaded process, measured for the demo preset on a 2-core Xeon)")
+            f"({sum(secs) / 60:.0f} run-minutes; estimated from the FLOP model at {process_rate() / 1e9:.0f} "
+            f"GFLOP/s per single-threaded process: {MATMUL_EFFICIENCY:g} x this machine's matmul rate, measured now)")
 
 
 def write_study_info(plans: list[RunPlan], studies: dict[str, Study], scale: str, base: str, budget: str = ""):
