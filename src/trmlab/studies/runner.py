@@ -189,8 +189,9 @@ def _child_env(study: str, jobs: int) -> dict:
 
 
 # A training step's FLOP rate (by the FLOP model) over the single-thread fp32 matmul rate of the same machine, for
-# the demo preset on one thread: 0.40 on the 2-core Xeon (76 of 192 GFLOP/s), 0.58 on the 2-core AMD EPYC (35 of
-# 60). Machines differ 3x in matmul speed, far more than in this ratio, so the estimate measures the matmul here.
+# the demo preset on one thread: 0.40 on the 2-core Xeon (76 of 192 GFLOP/s), 0.58 on the 2-core AMD EPYC (its
+# 0.7 s step, 35 GFLOP/s, of 60). Machines differ 3x in matmul speed, far more than in this ratio, so the estimate
+# measures the matmul here.
 MATMUL_EFFICIENCY = 0.5
 EVAL_FRACTION = 0.1     # evaluation and data loading on top of training, measured on the same runs
 
