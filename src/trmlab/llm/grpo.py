@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from trmlab.config import RLConfig, save_config
 from trmlab.errors import TrmError
 from trmlab.llm.checker import safe_check
 from trmlab.train.loggers import MetricsLog, write_summary
-from trmlab.train.run_dir import check_is_run, check_place
+from trmlab.train.run_dir import check_is_run, check_place, remove_run
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, unbiased: bool = True
@@ -240,8 +239,7 @@ def run_grpo(cfg, rl: RLConfig, run_dir: str | Path, phase2_run: str | Path | No
     max_len = rl.max_completion_length or d.max_answer_tokens + (d.max_think_tokens if rl.mode == "think" else 0)
     injector = _injector(cfg, data, phase2_run, task, fmt, problems) if rl.mode == "latent" else None
     if replaces:
-        check_is_run(run_dir)   # again: loading the LLM may have taken a while
-        shutil.rmtree(run_dir)
+        remove_run(run_dir)   # checked again: loading the LLM may have taken a while
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)   # an unfinished earlier attempt: start its log afresh
     run_cfg = copy.deepcopy(cfg)   # the phase-2 config (its shapes filled by prepare) + what GRPO ran with

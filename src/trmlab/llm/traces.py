@@ -35,6 +35,7 @@ def trace_problems(source: str, n: int, seed: int) -> list[Problem]:
     if source == "synthetic":
         return [Problem(SYNTHETIC_INSTRUCTION + p.question, p.thinking, p.answer)
                 for p in synthetic_problems(n, seed, "train")]
+    # only the question is asked: the thinking and answer fields a problem file may lack are never read here
     problems = load_problems(source, "train", n, fields=("question", "question", "question"), seed=seed)
     if len(problems) < n:
         raise TrmError(f"problem source {source} has {len(problems)} problems; --num_samples asks for {n}")

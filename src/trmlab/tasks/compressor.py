@@ -268,8 +268,7 @@ class CompressorTask(Task):
         if texts is None and dist.is_main:
             problems = trace_problems(d.trace_problems, d.num_samples, d.seed)   # a bad source fails before loading
             loaded = load()
-            texts = write_traces(loaded, problems, file, d.trace_tokens, d.extract_batch_size,
-                                 progress and dist.is_main, log)
+            texts = write_traces(loaded, problems, file, d.trace_tokens, d.extract_batch_size, progress, log)
         distributed.barrier(dist)
         return (texts if texts is not None else read_traces(file, d.num_samples)), loaded
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from trmlab.errors import TrmError
@@ -56,6 +57,12 @@ def check_is_run(d: Path):
         held = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
         raise TrmError(f"--overwrite: {d} is not a trmlab run" + (f" (it holds {held})" if foreign else "")
                        + "; nothing deleted (choose another --name, or delete it yourself)")
+
+
+def remove_run(d: Path):
+    """--overwrite's delete: the run directory ``d``, checked (again, at the moment of deleting) to be a run."""
+    check_is_run(d)
+    shutil.rmtree(d)
 
 
 def check_place(d: Path, what: str):

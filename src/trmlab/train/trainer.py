@@ -10,7 +10,6 @@ Everything random in a step is a function of (seed, step), so a resumed run repl
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -32,7 +31,7 @@ from trmlab.train.device import pick_device
 from trmlab.train.ema import EMA
 from trmlab.train.loggers import make_logger, write_summary
 from trmlab.train.optim import build_optimizers, set_lr
-from trmlab.train.run_dir import check_is_run, check_place
+from trmlab.train.run_dir import check_is_run, check_place, remove_run
 from trmlab.train.supervision import halts, refill, summed_objective
 
 
@@ -112,8 +111,7 @@ class Trainer:
         if self.dist.is_main:
             try:
                 if self.replaces_old_run:
-                    check_is_run(self.run_dir)  # again: the data build may have taken a while
-                    shutil.rmtree(self.run_dir)
+                    remove_run(self.run_dir)  # checked again: the data build may have taken a while
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise TrmError(f"run directory {self.run_dir}: {e.strerror or e}") from None
