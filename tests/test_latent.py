@@ -372,3 +372,68 @@ def test_non_utf8_problem_file_and_truncated_compressor_are_one_line_errors(tmp_
     with pytest.raises(TrmError, match=r"c/model.safetensors.*(cut short|corrupt)"):
         build_latent_pairs(cfg.data, tmp_path / "data")
     assert not (tmp_path / "data" / "llm").exists()
+
+
+# ------------------------------------------------------------------------------------------ step-wise targets
+def test_line_targets_are_the_states_after_each_worked_line(tmp_path):
+    """data.supervise=lines: target_lines[i, k-1] is the compressed state after the first k lines of trace i, read
+    afresh from the LLM here; from the trace's last line on it is the whole trace's target."""
+    from safetensors.torch import load_file
+
+    from trmlab.llm.chat import ChatFormat, thinking_lines
+    from trmlab.llm.latent_pairs import build_latent_pairs, extract
+    from trmlab.llm.pretrained import load_llm
+    from trmlab.llm.problems import Problem
+    from trmlab.llm.sources import save_tiny_random_model
+    from trmlab.models.compressor import load_compressor
+    llm = save_tiny_random_model(tmp_path / "llm", hidden_size=48, num_layers=3, num_heads=4)
+    cfg = load_config("latent-tiny", SMALL + [f"data.llm={llm}", "data.layer=1", "data.d_compressed=8",
+                                              "data.supervise=lines"])
+    out = build_latent_pairs(cfg.data, tmp_path / "data", log=lambda m: None)
+    test = load_file(str(out / "test.safetensors"))
+    probs = [Problem(**json.loads(x)) for x in (out / "test.jsonl").read_text().splitlines()]
+    n_lines = [len(thinking_lines(p)) for p in probs]
+    lines = test["target_lines"]
+    assert lines.shape == (8, 4, 3, 8) and min(n_lines) < 4      # S = the longest trace; shorter ones padded
+    model, tok = load_llm(str(llm), log=lambda m: None)
+    comp = load_compressor(out / "compressor")[0]
+    scale = json.loads((out / "metadata.json").read_text())["scale"]
+    fmt = ChatFormat(tok)
+    for i, p in enumerate(probs):
+        assert torch.allclose(lines[i, n_lines[i] - 1:], test["target"][i].expand_as(lines[i, n_lines[i] - 1:]),
+                              atol=1e-5)
+        for k in range(1, n_lines[i]):
+            y, _ = extract(model, tok, [fmt.after_lines(p, k)], 1, 3, 1)
+            assert torch.allclose(lines[i, k - 1], comp.compress(y[0]) / scale, atol=1e-4)
+            assert not torch.allclose(lines[i, k - 1], test["target"][i], atol=1e-3)
+
+
+def test_step_target_and_halting_against_the_final_state():
+    """Supervision step k trains towards line k+1's state (the last line's past the end), while ACT's "correct"
+    still means the final thought is reached."""
+    from trmlab.recursion import StepOutput
+    from trmlab.tasks import get_task
+    from trmlab.tasks.latent import step_target
+    lines = torch.randn(3, 4, 2, 5)
+    final = lines[:, -1]
+    batch = {"target_lines": lines, "target": final, "sup_step": torch.tensor([0, 2, 9])}
+    picked = step_target(batch)
+    assert torch.equal(picked[0], lines[0, 0]) and torch.equal(picked[1], lines[1, 2])
+    assert torch.equal(picked[2], lines[2, 3])
+    cfg = load_config("latent-tiny", ["data.supervise=lines", "data.loss=cosine"])
+    out = StepOutput(logits=final.clone(), q_logit=torch.zeros(3), carry=None)
+    loss, correct, metrics = get_task("latent").losses(out, batch, cfg)
+    assert correct.tolist() == [True, True, True]                 # the final thought: halt
+    assert torch.allclose(metrics["cosine"], torch.ones(3))
+    assert loss[2] < loss[0] and metrics["step_cosine"][0] < 0.99   # yet step 0 is trained towards line 1
+
+
+def test_phase2_trains_step_by_step(tmp_path):
+    """The trainer hands each sample's supervision step to the task, in both supervision modes."""
+    from trmlab.train.trainer import train
+    for mode in ("per_step", "summed"):
+        cfg = load_config("latent-tiny", SMALL + ["data.supervise=lines", f"train.supervision={mode}",
+                                                  "train.eval_interval=0"])
+        train(cfg, tmp_path / mode, data_root=tmp_path / "data", quiet=True)
+        records = [json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        assert any("step_cosine" in r for r in records)

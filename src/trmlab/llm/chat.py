@@ -6,6 +6,7 @@ For a problem (question q, thinking t, answer a) and the model's own chat templa
                e.g. "<|im_start|>user\\nq<|im_end|>\\n<|im_start|>assistant\\n"
     pre      = prompt + "<think>\\n"                             the moment thinking starts
     full     = pre + t + "\\n</think>\\n"                         thinking done; the answer comes next
+    after_lines(k) = pre + t's first k lines + "\\n</think>\\n"    k worked steps done (step-wise targets)
     nothink  = pre + "\\n</think>\\n"  = prompt + "<think>\\n\\n</think>\\n"   SmolLM3's enable_thinking=False block
     answer   = a + eos
 
@@ -44,8 +45,18 @@ class ChatFormat:
     def full(self, p: Problem) -> str:
         return self.pre(p) + p.thinking.strip() + THINK_CLOSE
 
+    def after_lines(self, p: Problem, k: int) -> str:
+        """``full`` with only the first ``k`` lines of the thinking: the state after k worked steps
+        (``after_lines(p, len(thinking_lines(p)))`` is ``full(p)``)."""
+        return self.pre(p) + "\n".join(thinking_lines(p)[:k]) + THINK_CLOSE
+
     def nothink(self, p: Problem) -> str:
         return self.pre(p) + THINK_CLOSE
 
     def answer(self, p: Problem) -> str:
         return p.answer + (self.tokenizer.eos_token or "")
+
+
+def thinking_lines(p: Problem) -> list[str]:
+    """The worked lines of a trace, split so that joining them with newlines gives the trace back."""
+    return p.thinking.strip().split("\n")

@@ -6,7 +6,10 @@ For each problem the source LLM runs twice, teacher-forced, and block ``layer``'
     full = pre + thinking + "\\n</think>\\n"           target = the last n_latent (K) positions     [K, D']
 
 so ``x`` is what the model knows when thinking would start, and ``target`` is the state of the K positions right
-before the answer once it has thought (the end of the trace and the closing tag, which attend to every step). Both
+before the answer once it has thought (the end of the trace and the closing tag, which attend to every step). With
+``data.supervise=lines`` the same K positions are also read after each prefix of the trace,
+``pre + first k lines + "\\n</think>\\n"`` (``target_lines``: the state after k worked steps, the whole trace's
+from its last line on), so the TRM can be supervised step by step (``tasks/latent.py``). Both
 go through the compressor (D -> D'), then are divided by one scale (the RMS of the training states, stored as
 ``scale``) so the TRM's losses are well conditioned. Prompts shorter than n_context are left-padded with zeros
 (``x_mask`` marks the real positions).
@@ -26,7 +29,7 @@ checkpoint or a run directory), whose D must equal the LLM's.
 
 Layout of ``<data_root>/latent-<hash>/`` (written under a temporary name, then renamed)::
 
-    train.safetensors   x [N, n_context, D'], x_mask [N, n_context], target [N, K, D']
+    train.safetensors   x [N, n_context, D'], x_mask [N, n_context], target [N, K, D'] (+ target_lines [N, S, K, D'])
     test.safetensors    the same + nothink, think, oracle, oracle_raw [N] int8
     train.jsonl test.jsonl   the problems (question, thinking, answer)
     compressor/         the compressor used (model.safetensors + state.json, the one checkpoint format)
@@ -71,6 +74,9 @@ class LatentDataConfig:
     compressor: str = "pca"      # pca | path to a phase-1 compressor checkpoint
     d_compressed: int = 64       # D' (0 = the checkpoint's)
     loss: str = choice("both", ("cosine", "mse", "both", "contrastive"), "phase-2 loss in the compressed space")
+    supervise: str = choice("final", ("final", "lines"),
+                            "phase-2 target of supervision step k: the state after the whole thinking (final), or "
+                            "after its first k worked lines (lines; the whole thinking from its last line on)")
     halt_cosine: float = 0.9     # ACT target: a latent is "right" when its cosine to the target exceeds this
     checker: str = ""            # "module:function(completion, answer) -> bool"; empty = last-number match
     system: str = ""             # system message of the chat prompt
@@ -226,26 +232,47 @@ def _check_inputs(cfg: LatentDataConfig, log=print):
 
 
 def _extract_splits(model, tokenizer, fmt, probs, cfg: LatentDataConfig, layer: int, log=print) -> dict:
-    """split -> (x [N, n_context, D], x_mask [N, n_context], target [N, K, D]), uncompressed."""
+    """split -> {"x" [N, n_context, D], "x_mask" [N, n_context], "target" [N, K, D], with data.supervise=lines
+    "target_lines" [N, S, K, D] (S: the most lines of any trace)}, uncompressed."""
+    from trmlab.llm.chat import thinking_lines
+    n_lines = max(len(thinking_lines(p)) for ps in probs.values() for p in ps)   # one S for both splits
     raw = {}
     for split, ps in probs.items():
         x, m = extract(model, tokenizer, [fmt.pre(p) for p in ps], layer, cfg.n_context, cfg.extract_batch_size)
         y, _ = extract(model, tokenizer, [fmt.full(p) for p in ps], layer, cfg.n_latent, cfg.extract_batch_size)
-        raw[split] = (x, m, y)
+        raw[split] = {"x": x, "x_mask": m, "target": y}
+        if cfg.supervise == "lines":
+            raw[split]["target_lines"] = _line_targets(model, tokenizer, fmt, ps, y, n_lines, cfg, layer)
         log(f"latent pairs: {split}: {len(ps)} problems, layer {layer}, D={x.shape[-1]}")
     return raw
 
 
+def _line_targets(model, tokenizer, fmt, ps, final, n_lines: int, cfg: LatentDataConfig, layer: int):
+    """[N, n_lines, K, D]: the K target positions after each trace's first 1, 2, ... lines; a trace's last line and
+    what follows it are its whole trace's state ``final`` (read once, not again)."""
+    from trmlab.llm.chat import thinking_lines
+    out = final.unsqueeze(1).repeat(1, n_lines, 1, 1)
+    where = [(i, k) for i, p in enumerate(ps) for k in range(1, len(thinking_lines(p)))]
+    if where:
+        y, _ = extract(model, tokenizer, [fmt.after_lines(ps[i], k) for i, k in where], layer, cfg.n_latent,
+                       cfg.extract_batch_size)
+        rows, cols = zip(*where)
+        out[list(rows), [k - 1 for k in cols]] = y
+    return out
+
+
 @torch.no_grad()
 def _compress(raw: dict, comp, cfg: LatentDataConfig, log=print):
-    """(compressor, split -> compressed (x, x_mask, target), scale). PCA is fitted on the training states only."""
-    x, m, y = raw["train"]
+    """(compressor, split -> the same tensors compressed, scale). PCA is fitted on the training states only."""
+    x, m, y = (raw["train"][k] for k in ("x", "x_mask", "target"))
     if comp is None:
         comp = fit_pca_compressor(torch.cat([x[m], y.flatten(0, 1)]), cfg.d_compressed)
         log(f"PCA compressor D={x.shape[-1]} -> D'={cfg.d_compressed}: {comp.explained_variance:.3f} of the variance")
     comp.eval()
-    out = {s: (comp.compress(x) * m.unsqueeze(-1), m, comp.compress(y)) for s, (x, m, y) in raw.items()}
-    x, m, y = out["train"]
+    out = {s: {k: v if k == "x_mask" else comp.compress(v) for k, v in r.items()} for s, r in raw.items()}
+    for r in out.values():
+        r["x"] = r["x"] * r["x_mask"].unsqueeze(-1)
+    x, m, y = (out["train"][k] for k in ("x", "x_mask", "target"))
     # one scale for x and target: the RMS of the compressed training states (keeps cosine and MSE comparable)
     scale = float(torch.cat([x[m], y.flatten(0, 1)]).pow(2).mean().sqrt().clamp(min=1e-6))
     return comp, out, scale
@@ -257,8 +284,8 @@ def _write(out: Path, cfg: LatentDataConfig, probs, comp, comp_states, scale: fl
 
     from trmlab.models.compressor import save_compressor
     with atomic_directory(out) as tmp:
-        for split, (x, m, y) in comp_states.items():
-            tensors = {"x": x / scale, "x_mask": m.to(torch.uint8), "target": y / scale}
+        for split, states in comp_states.items():
+            tensors = {k: v.to(torch.uint8) if k == "x_mask" else v / scale for k, v in states.items()}
             if split == "test":
                 tensors.update(flags)
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{split}.safetensors"),
@@ -290,9 +317,9 @@ def build_latent_pairs(cfg: LatentDataConfig, data_root: str | Path = "data", lo
     t2 = time.perf_counter()
     comp, comp_states, scale = _compress(raw, comp, cfg, log)
     with torch.no_grad():
-        oracle = comp.decompress(comp_states["test"][2])
+        oracle = comp.decompress(comp_states["test"]["target"])
     flags = baseline_flags(model, tokenizer, fmt, probs["test"], checker, cfg, layer,
-                           {"oracle": oracle, "oracle_raw": raw["test"][2]}, log)
+                           {"oracle": oracle, "oracle_raw": raw["test"]["target"]}, log)
     t3 = time.perf_counter()
     meta = {"format": FORMAT, "config": asdict(cfg), "llm": cfg.llm, "d_model": d_model, "n_layers": n_layers,
             "layer": layer, "d_compressed": comp.d_compressed, "n_context": cfg.n_context, "n_latent": cfg.n_latent,

@@ -12,7 +12,8 @@ Required (``NotImplementedError`` until a task provides them):
   build_model(cfg)           the model (a ``recursion.RecursiveModel`` or anything with the same ``forward``)
   sampler(data, seed)        what ``batch`` draws from: a pure function of the step, for exact resume
   batch(data, sampler, step, batch_size, rank, world_size)   this rank's slice of global batch ``step``
-  losses(out, batch, cfg)    per-sample loss [B], exact-correct [B], per-sample metrics
+  losses(out, batch, cfg)    per-sample loss [B], exact-correct [B], per-sample metrics; ``batch`` also holds
+                             ``sup_step`` [B], each sample's supervision step (0 = its first)
   evaluate(model, data, cfg, device, split, max_samples, out_dir, **options)   metrics on held-out data
 
 Optional hooks (the defaults below): ``prepare`` (build + load), ``shapes``, ``init_weights``, ``save_run_files``,

@@ -5,7 +5,12 @@ query slots; the answer y is read out at the slots by a linear head n_embd -> D'
 "answer" positions, the prompt states its prefix). Loss, per sample, in the compressed (and scaled) space:
 ``cosine`` = mean over the K positions of 1 - cos(pred, target), ``mse`` = mean squared error, ``both`` = their
 sum, ``contrastive`` = both + an InfoNCE term over the batch (data.loss; ``contrastive_loss`` says why). ACT's
-halting target: the mean cosine exceeds data.halt_cosine (``exact_acc`` in the logs).
+halting target: the mean cosine to the final target exceeds data.halt_cosine (``exact_acc`` in the logs).
+
+What each supervision step is trained towards (data.supervise): ``final``, the state after the whole thinking at
+every step; ``lines``, step k (0-based) towards the state after the trace's first k+1 worked lines, and from the
+trace's last line on the final state. Why: trained on the final state only, the TRM learned the mean thought
+(docs/latent.md); the step-wise target gives each recursion the next worked step to reach, as thinking does.
 
 Evaluation reports the cosine to the target after every supervision step, and what matters in the end: the answer
 accuracy of the LLM when the predicted latent replaces the thinking (see ``llm/latent_pairs.py`` for the
@@ -79,6 +84,14 @@ def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.1)
     return F.cross_entropy(logits, torch.arange(len(p), device=p.device), reduction="none")
 
 
+def step_target(batch: dict) -> torch.Tensor:
+    """[B, K, D']: each sample's target at its supervision step, the state after its first sup_step + 1 lines
+    (``target_lines`` repeats the final state past a trace's last line, so a late step reaches the final one)."""
+    lines = batch["target_lines"]
+    k = batch["sup_step"].clamp(max=lines.shape[1] - 1)
+    return lines[torch.arange(len(lines), device=lines.device), k]
+
+
 def latent_losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (mean cosine over the K positions [B], mean squared error [B])."""
     cos = F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-6).mean(-1)
@@ -123,18 +136,24 @@ class LatentTask(Task):
     def batch(self, data: LatentData, sampler, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
         idx = sampler.indices(step, batch_size)[rank_slice(batch_size, rank, world_size)]
         s = data.splits["train"]
-        return {"inputs": s["x"][idx].float(), "target": s["target"][idx].float()}
+        keys = ("x", "target", "target_lines") if "target_lines" in s else ("x", "target")
+        return {"inputs" if k == "x" else k: s[k][idx].float() for k in keys}
 
     def losses(self, out, batch: dict, cfg):
-        cos, mse = latent_losses(out.logits, batch["target"])
+        goal = step_target(batch) if "target_lines" in batch else batch["target"]
+        cos, mse = latent_losses(out.logits, goal)
         kind = cfg.data.loss
         loss = {"cosine": 1 - cos, "mse": mse, "both": 1 - cos + mse}.get(kind, 1 - cos + mse)
         if kind == "contrastive":   # both + InfoNCE: the latent stays where injection needs it, and must be specific
-            loss = loss + contrastive_loss(out.logits, batch["target"])
-        correct = cos.detach() > cfg.data.halt_cosine
+            loss = loss + contrastive_loss(out.logits, goal)
+        final_cos = cos if goal is batch["target"] else latent_losses(out.logits, batch["target"])[0]
+        correct = final_cos.detach() > cfg.data.halt_cosine   # halt when the thinking is done, not a step of it
         if cfg.model.halting == "act":
             loss = loss + cfg.train.halt_loss_weight * halt_loss(out.q_logit, correct)
-        return loss, correct, {"cosine": cos.detach(), "mse": mse.detach()}
+        metrics = {"cosine": final_cos.detach(), "mse": mse.detach()}
+        if goal is not batch["target"]:
+            metrics["step_cosine"] = cos.detach()
+        return loss, correct, metrics
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -255,7 +255,7 @@ class Trainer:
         carry = None if c is None or "y" not in c else self.model.make_carry(c["y"], c["z"])
         with self._autocast():
             out = self.forward(batch, carry, reset)
-            loss_vec, correct, metrics = self.task.losses(out, batch, self.cfg)
+            loss_vec, correct, metrics = self.task.losses(out, {**batch, "sup_step": steps}, self.cfg)
         steps = steps + 1
         halted = halts(steps, out.q_logit.detach(), step, self._global_rows(rows), self.cfg.model, self.cfg.train)
         self._next_carry.append({**batch, "y": out.carry.y, "z": out.carry.z, "steps": steps, "halted": halted})
@@ -272,7 +272,8 @@ class Trainer:
             for k in range(m.n_sup_train):
                 out = self.forward(batch, carry)
                 carry = out.carry
-                loss_vec, correct, metrics = self.task.losses(out, batch, self.cfg)
+                sup_step = torch.full((len(out.logits),), k, dtype=torch.long, device=out.logits.device)
+                loss_vec, correct, metrics = self.task.losses(out, {**batch, "sup_step": sup_step}, self.cfg)
                 losses.append(loss_vec.mean())
         losses_t = torch.stack(losses)
         loss = summed_objective(losses_t, t.supervision_weight_base, t.improvement_reward_scale, t.improvement_reward)
